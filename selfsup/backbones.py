@@ -1,0 +1,118 @@
+"""Backbone factory: timm models as headless encoders, with an optional small-image stem.
+
+Every backbone follows timm's contract: ``create_model(name, num_classes=0)`` gives a module
+whose forward maps float ``[B, in_chans, H, W]`` to pooled features ``[B, num_features]``.
+``small_stem=True`` swaps a ResNet-family stem for the CIFAR variant used by SimCLR
+(Chen et al. 2020, appendix B.9): a 3x3 stride-1 first convolution and no stem max-pool,
+so a 32-px input keeps its 32-px resolution after the stem.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import timm
+from torch import nn
+
+from selfsup.errors import ConfigError
+
+__all__ = ["create_backbone", "list_backbones", "apply_small_stem"]
+
+_SMALL_STEM_HELP = "supported: ResNet-family timm models with conv1 + maxpool, e.g. resnet18, resnet50, resnet10t"
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Return the timm model names matching ``pattern`` (fnmatch-style, e.g. ``"resnet*"``)."""
+    return list(timm.list_models(pattern))
+
+
+def _check_known(name: str) -> None:
+    """Raise :class:`ConfigError` naming close timm names when ``name`` is no timm model.
+
+    Names with a source prefix (``hf-hub:...``, ``local-dir:...``) are left to timm.
+    """
+    if ":" in name or timm.is_model(name):
+        return
+    arch = name.split(".", 1)[0]
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `selfsup list` for backbones"
+    raise ConfigError(f"unknown backbone {name!r}{hint}")
+
+
+def _first_conv(stem: nn.Sequential) -> tuple[nn.Module, str, nn.Conv2d] | None:
+    """Locate the first convolution of a deep stem: ``(parent, attribute name, conv)`` or ``None``."""
+    for child_name, child in stem.named_children():
+        if isinstance(child, nn.Conv2d):
+            return stem, child_name, child
+    return None
+
+
+def apply_small_stem(model: nn.Module, name: str) -> nn.Module:
+    """Give a ResNet-family ``model`` a 3x3 stride-1 first conv (no bias) and no stem max-pool.
+
+    Handles timm's plain stem (``conv1`` is a Conv2d) and deep stems (``resnet*t`` / ``resnet*d``:
+    ``conv1`` is a Sequential whose first conv is replaced). Modifies and returns ``model``.
+
+    Raises:
+        ConfigError: ``model`` has no ResNet-style ``conv1`` + ``maxpool`` stem.
+    """
+    conv1 = getattr(model, "conv1", None)
+    unsupported = ConfigError(f"backbone.small_stem is not supported for {name} ({_SMALL_STEM_HELP})")
+    if not hasattr(model, "maxpool") or not isinstance(conv1, (nn.Conv2d, nn.Sequential)):
+        raise unsupported
+    if isinstance(conv1, nn.Conv2d):
+        parent, attr, old = model, "conv1", conv1
+    else:
+        found = _first_conv(conv1)
+        if found is None:
+            raise unsupported
+        parent, attr, old = found
+    new = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    setattr(parent, attr, new)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def create_backbone(
+    name: str,
+    *,
+    small_stem: bool = False,
+    pretrained: bool = False,
+    in_chans: int = 3,
+    **model_args: Any,
+) -> nn.Module:
+    """Create a headless timm encoder.
+
+    Args:
+        name: A timm model name (``timm.list_models()``), optionally with a pretrained tag.
+        small_stem: Use a 3x3 stride-1 stem conv and no max-pool (ResNet family, 32-px data).
+        pretrained: Load timm's pretrained weights (needs network access or a local cache).
+        in_chans: Number of input channels.
+        **model_args: Further keyword arguments for ``timm.create_model`` (e.g. ``drop_path_rate``).
+
+    Returns:
+        A module mapping float ``[B, in_chans, H, W]`` to ``[B, num_features]``; it keeps timm's
+        attributes (``num_features``, ``pretrained_cfg``, ``default_cfg``) and gains
+        ``selfsup_spec``, the arguments needed to rebuild it (used by :mod:`selfsup.export`).
+
+    Raises:
+        ConfigError: Unknown model name, unsupported ``small_stem``, or bad model arguments.
+    """
+    _check_known(name)
+    try:
+        model = timm.create_model(
+            name, num_classes=0, pretrained=pretrained, in_chans=in_chans, **model_args
+        )
+    except TypeError as exc:  # an unknown keyword reaches the model constructor
+        raise ConfigError(f"bad backbone arguments for {name} {sorted(model_args)}: {exc}") from exc
+    if small_stem:
+        apply_small_stem(model, name)
+    model.selfsup_spec = {
+        "name": name,
+        "small_stem": bool(small_stem),
+        "in_chans": int(in_chans),
+        "model_args": dict(model_args),
+    }
+    return model

@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+Anything a user can cause (a bad config key, a missing path, an unreadable dataset) raises a
+subclass of :class:`SelfsupError`. The CLI prints its message as one line and exits with code 2;
+``--debug`` shows the traceback. Programming errors stay ordinary exceptions.
+"""
+
+
+class SelfsupError(Exception):
+    """An error caused by the user's input; its message names the culprit in one line."""
+
+
+class ConfigError(SelfsupError):
+    """An unknown config key, a value of the wrong type, or an inconsistent setting."""
+
+
+class DataError(SelfsupError):
+    """A dataset that cannot be found, read or used as configured."""
+
+
+class CheckpointError(SelfsupError):
+    """A checkpoint that is missing, unreadable, or from a different method or backbone."""

@@ -1,0 +1,69 @@
+"""The method contract every pretext method (and every supervised baseline) keeps.
+
+Data flow: the trainer slices a uint8 batch, the :class:`~selfsup.augment.ViewMaker` built
+from ``method.views`` turns it into float views on the device, and the trainer calls the
+method (``forward`` is ``training_step``, so DDP's hooks run) and then ``on_step_end``.
+Scheduled values (lr, EMA momentum, teacher temperature, ...) arrive precomputed per step in
+``values``; a method never knows about epochs. Everything a method must carry across steps
+(teachers, queues, centres) is a parameter or a buffer, so it is checkpointed with the model.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from selfsup.augment import AugmentSpec
+from selfsup.config import MethodConfig
+
+
+class Method(nn.Module):
+    """Base class: subclasses set ``config_class`` and implement ``training_step``.
+
+    Args:
+        cfg: the method's config (an instance of ``config_class``).
+        backbone: a module mapping float [B, C, H, W] -> [B, backbone.num_features].
+        image_size: side of the training images in px (views are sized from it).
+        num_classes: number of label classes (used by supervised baselines only).
+    """
+
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    min_batch_size: ClassVar[int] = 1  # smallest per-process batch the loss is defined for
+    uses_labels: ClassVar[bool] = False  # True only for supervised baselines
+    paper: ClassVar[str] = ""
+
+    def __init__(self, cfg: MethodConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.image_size = image_size
+        self.num_classes = num_classes
+
+    @property
+    def views(self) -> list[tuple[AugmentSpec, int]]:
+        """The views this method needs per image: (augmentation, count) pairs."""
+        raise NotImplementedError
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The module to evaluate and export: float [B, C, H, W] -> [B, num_features]."""
+        return self.backbone
+
+    def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        """Per-step values beyond lr / weight decay (EMA momentum, teacher temperature, ...)."""
+        return {}
+
+    def training_step(
+        self, views: list[torch.Tensor], labels: torch.Tensor, values: dict[str, float]
+    ) -> dict[str, torch.Tensor]:
+        """One step's loss. ``views``: float [B, C, h, w] each; returns {"loss": scalar, **logs}."""
+        raise NotImplementedError
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor, values: dict[str, float]) -> dict[str, torch.Tensor]:
+        return self.training_step(views, labels, values)
+
+    @torch.no_grad()
+    def on_step_end(self, values: dict[str, float]) -> None:
+        """After the optimizer step: EMA teachers, queues, centres. Default: nothing."""

@@ -1,0 +1,53 @@
+"""SimCLR: A Simple Framework for Contrastive Learning of Visual Representations.
+
+Chen, Kornblith, Norouzi, Hinton, ICML 2020 (arXiv:2002.05709). Algorithm 1:
+two augmented views of every image -> encoder f -> projection head g -> NT-Xent over the
+2N projections, negatives from the whole (global) batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from selfsup.augment import AugmentSpec
+from selfsup.config import MethodConfig
+from selfsup.heads import ProjectionHead
+from selfsup.losses import nt_xent
+from selfsup.methods.base import Method
+from selfsup.methods.registry import register_method
+
+
+@dataclass
+class SimCLRConfig(MethodConfig):
+    name: str = "simclr"
+    temperature: float = 0.5
+    proj_hidden_dim: int = 2048
+    proj_dim: int = 128
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    color_strength: float = 0.5  # s in the paper: jitter 0.8 s, hue 0.2 s (1.0 on ImageNet, 0.5 on CIFAR)
+    blur: bool | None = None  # None: blur when the images are 64 px or larger (the paper skips it on CIFAR)
+
+
+@register_method("simclr")
+class SimCLR(Method):
+    config_class = SimCLRConfig
+    min_batch_size = 2  # a pair needs at least one negative
+    paper = "Chen et al. 2020, arXiv:2002.05709"
+
+    def __init__(self, cfg: SimCLRConfig, backbone, image_size: int, num_classes: int = 0):
+        super().__init__(cfg, backbone, image_size, num_classes)
+        self.head = ProjectionHead(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
+
+    @property
+    def views(self) -> list[tuple[AugmentSpec, int]]:
+        spec = AugmentSpec.simclr(
+            self.image_size, strength=self.cfg.color_strength, blur=self.cfg.blur, crop_scale=tuple(self.cfg.crop_scale)
+        )
+        return [(spec, 2)]
+
+    def training_step(self, views, labels, values):
+        z = self.head(self.backbone(torch.cat(views)))  # one backbone call for both views
+        z_a, z_b = z.chunk(2)
+        loss = nt_xent(z_a, z_b, self.cfg.temperature, gather=True)
+        return {"loss": loss}

@@ -1,0 +1,47 @@
+"""Opening what training wrote: a run directory (config.yaml, checkpoints/, encoder/) or an exported encoder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from selfsup.checkpoint import latest_checkpoint
+from selfsup.config import Config, resolve_config
+from selfsup.errors import CheckpointError, SelfsupError
+from selfsup.export import load_encoder
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / "config.yaml").is_file()
+
+
+def open_encoder(path: str | Path, overrides: list[str] | None = None) -> tuple[nn.Module, Config, Path]:
+    """The encoder at ``path`` (a run directory or an export), the config to evaluate it with, and where results go.
+
+    For a run, the config is its resolved ``config.yaml``; for an export, the recipe recorded in
+    its ``config.json``. ``overrides`` (``data.name=...``) apply on top in both cases.
+    """
+    path = Path(path)
+    if is_run_dir(path):
+        cfg = resolve_config(yaml.safe_load((path / "config.yaml").read_text()), overrides)
+        if (path / "encoder" / "config.json").is_file():
+            return load_encoder(path / "encoder"), cfg, path
+        return encoder_from_checkpoint(path, cfg), cfg, path
+    if (path / "config.json").is_file():
+        recipe = json.loads((path / "config.json").read_text()).get("selfsup", {}).get("recipe") or {}
+        return load_encoder(path), resolve_config(dict(recipe), overrides), path
+    raise SelfsupError(f"{path} is neither a run directory (config.yaml) nor an exported encoder (config.json)")
+
+
+def encoder_from_checkpoint(run_dir: Path, cfg: Config) -> nn.Module:
+    """Rebuild the method from the run's newest checkpoint and return its encoder (eval mode)."""
+    from selfsup.train import build_method, load_split  # late: train imports the whole stack
+
+    found = latest_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        raise CheckpointError(f"{run_dir} has neither encoder/ nor a checkpoint to take the encoder from")
+    method = build_method(cfg, load_split(cfg, "train"))
+    method.load_state_dict(found[1]["model"])
+    return method.encoder.eval()

@@ -1,0 +1,84 @@
+"""``selfsup train``: config -> data -> backbone -> method -> trainer -> export -> evaluation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from selfsup.backbones import create_backbone
+from selfsup.config import Config, config_to_dict, save_config
+from selfsup.data import ImageDataset, load_dataset
+from selfsup.errors import ConfigError
+from selfsup.evaluation.protocols import evaluate, format_table
+from selfsup.export import export_encoder
+from selfsup.methods import create_method
+from selfsup.methods.base import Method
+from selfsup.trainer import Trainer
+
+
+def run_dir_of(cfg: Config) -> Path:
+    """``run.dir``, or ``runs/<recipe>``: a stable default, so rerunning a command resumes it."""
+    return Path(cfg.run.dir or Path("runs") / (cfg.recipe or cfg.method.name))
+
+
+def load_split(cfg: Config, split: str) -> ImageDataset:
+    d = cfg.data
+    return load_dataset(d.name, split, root=d.root, train_path=d.train, val_path=d.val, image_size=d.image_size,
+                        download=d.download, cache_dir=d.cache_dir, num_samples=d.num_samples,
+                        num_classes=d.num_classes, seed=cfg.trainer.seed)
+
+
+def build_method(cfg: Config, data: ImageDataset) -> Method:
+    """The method around a freshly initialised backbone (initialisation seeded by ``trainer.seed``)."""
+    torch.manual_seed(cfg.trainer.seed)
+    channels, size = data.images.shape[1], data.images.shape[-1]
+    backbone = create_backbone(cfg.backbone.name, small_stem=cfg.backbone.small_stem,
+                               pretrained=cfg.backbone.pretrained, in_chans=channels)
+    return create_method(cfg.method, backbone, image_size=size, num_classes=len(data.classes))
+
+
+def train(cfg: Config) -> dict:
+    """Train, export ``encoder/``, evaluate; returns the evaluation results (empty if disabled)."""
+    if cfg.trainer.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("trainer.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.trainer.precision]
+    acc = Accelerator(mixed_precision=mixed)
+    run_dir = run_dir_of(cfg)
+    train_data = load_split(cfg, "train")
+    method = build_method(cfg, train_data)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    trainer = Trainer(cfg, method, train_data, run_dir, acc)
+    acc.print(f"run directory: {run_dir}  |  {trainer.total_steps} steps of {cfg.trainer.batch_size} images "
+              f"({trainer.micro_batch} per process x {acc.num_processes} processes x {cfg.trainer.grad_accum} accumulation), "
+              f"peak lr {trainer.schedules['lr'].max():.4g}")
+    trainer.fit()
+    results: dict = {}
+    if acc.is_main_process:
+        encoder = trainer.method.encoder
+        size = train_data.images.shape[-1]
+        export_encoder(encoder, run_dir / "encoder", mean=train_data.mean, std=train_data.std,
+                       input_size=(train_data.images.shape[1], size, size), method=cfg.method.name,
+                       recipe=config_to_dict(cfg))
+        if cfg.eval.at_end:
+            results = _evaluate_run(cfg, encoder, train_data, run_dir, acc.device)
+    acc.wait_for_everyone()
+    return results
+
+
+def _evaluate_run(cfg: Config, encoder, train_data: ImageDataset, run_dir: Path, device) -> dict:
+    val_data = load_split(cfg, "val")
+    results = evaluate(encoder, train_data, val_data, cfg.eval, device=device)
+    (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    rows = {f"{cfg.method.name} (pretrained)": results}
+    if cfg.eval.random_baseline:
+        random_encoder = build_method(cfg, train_data).encoder.to(device)
+        baseline = evaluate(random_encoder, train_data, val_data, cfg.eval, device=device)
+        (run_dir / "eval_random_init.json").write_text(json.dumps(baseline, indent=2) + "\n")
+        rows["random init (same architecture)"] = baseline
+    print(format_table(rows))
+    return results
+

@@ -1,0 +1,257 @@
+"""The training loop: method-agnostic, on Accelerate (one process, many GPUs, many machines, CPU).
+
+Read top to bottom: build schedules, resume, then per step slice a batch, make views on the
+device, run the method, step the optimizer, update EMA/queues/centres, log, checkpoint.
+Host synchronisation happens only at log and checkpoint steps.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from selfsup.augment import ViewMaker
+from selfsup.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from selfsup.config import Config, config_to_dict
+from selfsup.data import ImageDataset
+from selfsup.errors import CheckpointError, ConfigError, SelfsupError
+from selfsup.methods.base import Method
+from selfsup.optim import create_optimizer
+from selfsup.schedules import scaled_lr, warmup_cosine
+
+
+class EpochSampler:
+    """Global batches of dataset indices: a seeded permutation per epoch, dropping the last partial batch.
+
+    Stateless: step ``s`` always maps to the same indices, so the data order of a resumed run is
+    the uninterrupted run's. Each process takes its contiguous share of the global batch.
+    """
+
+    def __init__(self, num_samples: int, global_batch: int, seed: int):
+        self.num_samples, self.global_batch, self.seed = num_samples, global_batch, seed
+        self.steps_per_epoch = num_samples // global_batch
+        self._epoch, self._perm = -1, None
+
+    def indices(self, step: int, rank: int, world: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.num_samples, generator=gen)
+        batch = self._perm[i * self.global_batch : (i + 1) * self.global_batch]
+        share = self.global_batch // world
+        return batch[rank * share : (rank + 1) * share]
+
+
+def view_seed(seed: int, step: int, process: int, micro: int) -> int:
+    """A distinct 63-bit seed for every (run seed, step, process, micro-batch)."""
+    return int(np.random.SeedSequence([seed, step, process, micro]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+class Trainer:
+    """Trains ``method`` on ``data`` as ``cfg.trainer`` says, writing into ``run_dir``."""
+
+    def __init__(self, cfg: Config, method: Method, data: ImageDataset, run_dir: Path, accelerator: Accelerator):
+        self.cfg, self.tc, self.data, self.run_dir, self.acc = cfg, cfg.trainer, data, Path(run_dir), accelerator
+        world, accum = accelerator.num_processes, self.tc.grad_accum
+        if self.tc.batch_size % (world * accum):
+            raise ConfigError(
+                f"trainer.batch_size={self.tc.batch_size} is not divisible by processes x trainer.grad_accum = {world} x {accum}"
+            )
+        self.micro_batch = self.tc.batch_size // (world * accum)
+        if self.micro_batch < method.min_batch_size:
+            raise ConfigError(
+                f"trainer.batch_size={self.tc.batch_size} gives {self.micro_batch} images per process and step; "
+                f"{method.cfg.name} needs at least {method.min_batch_size}"
+            )
+        self.sampler = EpochSampler(len(data), self.tc.batch_size, self.tc.seed)
+        if self.sampler.steps_per_epoch == 0:
+            raise ConfigError(f"trainer.batch_size={self.tc.batch_size} is larger than the dataset ({len(data)} images)")
+        self.total_steps = self.tc.epochs * self.sampler.steps_per_epoch
+        self.end_step = min(self.total_steps, self.tc.max_steps) if self.tc.max_steps else self.total_steps
+        self.view_maker = ViewMaker(method.views, data.mean, data.std)
+        self.images = data.images.to(accelerator.device)
+        self.labels = data.labels.to(accelerator.device)
+        self.schedules = self._build_schedules(method)
+        if self.tc.channels_last:
+            method = method.to(memory_format=torch.channels_last)
+        self.optimizer = create_optimizer(method, self.tc, lr=float(self.schedules["lr"][0]))
+        self.model, self.optimizer = accelerator.prepare(method, self.optimizer)
+        self.method: Method = accelerator.unwrap_model(self.model)
+        self.generator = torch.Generator(device=accelerator.device)
+        self.step = 0
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _build_schedules(self, method: Method) -> dict[str, np.ndarray]:
+        tc, spe = self.tc, self.sampler.steps_per_epoch
+        peak = scaled_lr(tc.lr, tc.batch_size, tc.lr_scaling)
+        warmup = int(round(tc.warmup_epochs * spe))
+        schedules = {
+            "lr": warmup_cosine(peak, peak * tc.min_lr, self.total_steps, warmup),
+            "weight_decay": np.full(self.total_steps, tc.weight_decay),
+        }
+        schedules.update(method.schedules(self.total_steps, spe))
+        return schedules
+
+    def values(self, step: int) -> dict[str, float]:
+        """Every scheduled value at ``step`` (lr, weight decay, the method's own)."""
+        return {name: float(array[step]) for name, array in self.schedules.items()}
+
+    def resume(self) -> None:
+        """Continue from a checkpoint: ``resume=auto`` (newest in the run), ``never``, or a path."""
+        mode = self.cfg.resume
+        if mode == "never":
+            return
+        if mode == "auto":
+            found = latest_checkpoint(self.run_dir / "checkpoints")
+            if found is None:
+                return
+            path, state = found
+        else:
+            path, state = Path(mode), load_checkpoint(Path(mode))
+        self._check_compatible(path, state.get("meta", {}))
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.acc.scaler is not None and state.get("scaler"):
+            self.acc.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.acc.print(f"resumed from {path} at step {self.step}")
+
+    def _check_compatible(self, path: Path, meta: dict) -> None:
+        mine = {"method": self.cfg.method.name, "backbone": self.cfg.backbone.name, "small_stem": self.cfg.backbone.small_stem,
+                "total_steps": self.total_steps, "batch_size": self.tc.batch_size}
+        for key, value in mine.items():
+            if key in meta and meta[key] != value:
+                raise CheckpointError(
+                    f"checkpoint {path} was written with {key}={meta[key]}, this run has {key}={value} "
+                    f"(start afresh with resume=never or another run.dir)"
+                )
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> None:
+        self.resume()
+        if self.step >= self.end_step:
+            self.acc.print(f"training already finished at step {self.step}")
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._loop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self._stop_signal = signum  # finish the current step, checkpoint, exit
+
+    def _loop(self) -> None:
+        tc, acc = self.tc, self.acc
+        self.model.train()
+        bar = tqdm(total=self.end_step, initial=self.step, disable=not acc.is_main_process, dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="train")
+        loss_sum, nonfinite = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+        logs_sum: dict[str, torch.Tensor] = {}
+        window_start, window_steps = time.perf_counter(), 0
+        while self.step < self.end_step:
+            out = self._train_step(self.step)
+            loss_sum += out["loss"]
+            nonfinite += (~torch.isfinite(out["loss"])).float()
+            for key, value in out.items():
+                if key != "loss":
+                    logs_sum[key] = logs_sum.get(key, 0) + value
+            self.step += 1
+            window_steps += 1
+            bar.update(1)
+            last = self.step == self.end_step or self._stop_signal is not None
+            if self.step % tc.log_every == 0 or last:
+                if nonfinite.item():
+                    self._stop_nonfinite()
+                elapsed = time.perf_counter() - window_start
+                row = self._log_row(loss_sum / window_steps, {k: v / window_steps for k, v in logs_sum.items()},
+                                    window_steps * tc.batch_size / elapsed)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.3g}", img_s=f"{row['images_per_s']:.0f}")
+                loss_sum.zero_(), logs_sum.clear()
+                window_start, window_steps = time.perf_counter(), 0
+            if self.step % tc.checkpoint_every == 0 or last:
+                if nonfinite.item():
+                    self._stop_nonfinite()
+                self.save()
+            if self._stop_signal is not None:
+                bar.close()
+                raise SelfsupError(f"stopped by signal {self._stop_signal} at step {self.step}; checkpoint saved, "
+                                   f"rerun the same command to resume")
+        bar.close()
+
+    def _train_step(self, step: int) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the detached mean outputs."""
+        acc, tc = self.acc, self.tc
+        values = self.values(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = values["lr"]
+            group["weight_decay"] = values["weight_decay"] * group["wd_scale"]
+        indices = self.sampler.indices(step, acc.process_index, acc.num_processes).to(acc.device)
+        outputs: dict[str, torch.Tensor] = {}
+        for micro, chunk in enumerate(indices.split(self.micro_batch)):
+            # Augmentation randomness is a pure function of (seed, step, process, micro-batch),
+            # so views are reproducible and a resumed run sees exactly the views it would have.
+            self.generator.manual_seed(view_seed(tc.seed, step, acc.process_index, micro))
+            views = self.view_maker(self.images[chunk], self.generator)
+            if tc.channels_last:
+                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            final = micro == tc.grad_accum - 1
+            with acc.autocast(), (acc.no_sync(self.model) if not final else nullcontext()):
+                out = self.model(views, self.labels[chunk], values)
+                acc.backward(out["loss"] / tc.grad_accum)
+            for key, value in out.items():
+                outputs[key] = outputs.get(key, 0) + value.detach().float() / tc.grad_accum
+        if tc.grad_clip:
+            acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.on_step_end(values)
+        return outputs
+
+    # ------------------------------------------------------------------ outputs
+
+    def _log_row(self, loss: torch.Tensor, logs: dict[str, torch.Tensor], images_per_s: float) -> dict:
+        values = self.values(self.step - 1)
+        row = {"step": self.step, "epoch": self.step / self.sampler.steps_per_epoch, "loss": loss.item(),
+               **{k: float(v) for k, v in logs.items()}, **values, "images_per_s": images_per_s}
+        if self.acc.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        return row
+
+    def save(self) -> Path | None:
+        """Checkpoint the whole training state (rank 0 writes; every rank waits for it)."""
+        self.acc.wait_for_everyone()
+        path = None
+        if self.acc.is_main_process:
+            state = {
+                "step": self.step,
+                "model": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+                "rng": rng_state(),
+                "meta": {"method": self.cfg.method.name, "backbone": self.cfg.backbone.name,
+                         "small_stem": self.cfg.backbone.small_stem, "total_steps": self.total_steps,
+                         "batch_size": self.tc.batch_size, "config": config_to_dict(self.cfg)},
+            }
+            path = save_checkpoint(self.run_dir / "checkpoints", self.step, state, self.tc.keep_checkpoints)
+        self.acc.wait_for_everyone()
+        return path
+
+    def _stop_nonfinite(self) -> None:
+        found = latest_checkpoint(self.run_dir / "checkpoints")
+        last = f"last good checkpoint: {found[0]}" if found else "no checkpoint was written yet"
+        raise SelfsupError(f"non-finite loss before step {self.step} (lr {self.values(self.step - 1)['lr']:.3g}); {last}")
