@@ -40,6 +40,7 @@ FORMAT_VERSION = 1
 SMALL_STEM_ARG = "selfsup_small_stem"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+TORCHSCRIPT_NAME = "encoder.pt"
 
 # pretrained_cfg keys describing timm's own weights (where and under which terms they came from),
 # or test-time settings for them; they are wrong for a re-trained encoder and are dropped.
@@ -150,7 +151,7 @@ def _write_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ConfigError(f"export path {out_dir} exists and is not a directory")
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in (WEIGHTS_NAME, CONFIG_NAME))
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in (WEIGHTS_NAME, CONFIG_NAME, TORCHSCRIPT_NAME))
         if foreign:
             listed = ", ".join(foreign[:3])
             raise ConfigError(f"export path {out_dir} holds other files ({listed}); refusing to replace it")
@@ -277,3 +278,27 @@ def load_encoder(path: str | Path) -> nn.Module:
     model.pretrained_cfg = pretrained_cfg
     model.default_cfg = pretrained_cfg
     return model.eval()
+
+
+def export_as(encoder: nn.Module, out_dir: str | Path, fmt: str, *, method: str | None = None, recipe: Any = None) -> Path:
+    """Export an encoder loaded by :func:`load_encoder` (it carries ``pretrained_cfg``) in ``fmt``.
+
+    ``safetensors``: the timm local-folder export. ``torchscript``: ``out_dir/encoder.pt`` as well (traced
+    at the recorded input size, checked to reproduce the encoder's outputs) beside the same
+    ``config.json``, so the preprocessing travels with it.
+    """
+    import dataclasses
+
+    cfg = encoder.pretrained_cfg
+    recipe = dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else recipe
+    out_dir = export_encoder(encoder, out_dir, mean=cfg["mean"], std=cfg["std"], input_size=tuple(cfg["input_size"]),
+                             method=method, recipe=recipe, crop_pct=cfg.get("crop_pct"))
+    if fmt == "torchscript":
+        encoder = encoder.eval()
+        example = torch.rand(2, *cfg["input_size"])
+        with torch.no_grad():
+            traced = torch.jit.trace(encoder, example)
+            if not torch.allclose(traced(example), encoder(example), atol=1e-5, rtol=1e-5):
+                raise RuntimeError("the traced encoder does not reproduce the encoder's outputs")
+        traced.save(str(out_dir / TORCHSCRIPT_NAME))
+    return out_dir

@@ -46,7 +46,8 @@ def train(cfg: Config) -> dict:
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.trainer.precision]
     acc = Accelerator(mixed_precision=mixed)
     run_dir = run_dir_of(cfg)
-    train_data = load_split(cfg, "train")
+    with acc.main_process_first():  # rank 0 decodes and caches; the others read its cache
+        train_data = load_split(cfg, "train")
     method = build_method(cfg, train_data)
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

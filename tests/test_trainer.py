@@ -1,0 +1,84 @@
+"""The trainer: schedules, resume, checkpoints, run directory."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.checkpoint import list_checkpoints, load_checkpoint
+from selfsup.config import load_config
+from selfsup.errors import CheckpointError, ConfigError
+from selfsup.schedules import warmup_cosine
+from selfsup.train import train
+from selfsup.trainer import EpochSampler
+
+TINY = ["data.name=synthetic", "data.num_samples=64", "data.image_size=16", "data.num_classes=4",
+        "backbone.name=test_resnet", "backbone.small_stem=true", "method.proj_hidden_dim=32", "method.proj_dim=16",
+        "trainer.batch_size=16", "trainer.epochs=2", "trainer.warmup_epochs=1", "trainer.log_every=1",
+        "trainer.optimizer=sgd", "trainer.lr=0.5", "eval.at_end=false", "eval.random_baseline=false"]
+
+
+def tiny_config(run_dir, *extra):
+    return load_config("simclr-digits", [*TINY, f"run.dir={run_dir}", *extra])
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_warmup_cosine_shape_and_ends():
+    s = warmup_cosine(1.0, 0.1, total_steps=100, warmup_steps=10)
+    assert s.shape == (100,) and s[0] == 0.0 and np.isclose(s[10], 1.0) and s.max() <= 1.0
+    assert np.all(np.diff(s[:11]) > 0) and np.all(np.diff(s[10:]) <= 0) and s[-1] > 0.1
+
+
+def test_sampler_is_a_stateless_permutation_split_across_processes():
+    sampler = EpochSampler(num_samples=40, global_batch=8, seed=3)
+    epoch = torch.cat([sampler.indices(step, 0, 1) for step in range(5)])
+    assert sorted(epoch.tolist()) == list(range(40))
+    halves = torch.cat([sampler.indices(7, 0, 2), sampler.indices(7, 1, 2)])
+    assert torch.equal(halves, EpochSampler(40, 8, 3).indices(7, 0, 1))
+    assert not torch.equal(sampler.indices(0, 0, 1), sampler.indices(5, 0, 1))  # epoch 1 reshuffles
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    full_dir, part_dir = tmp_path / "full", tmp_path / "part"
+    train(tiny_config(full_dir, "resume=never"))
+    train(tiny_config(part_dir, "trainer.max_steps=3", "trainer.checkpoint_every=100"))
+    assert [int(p.stem[5:]) for p in list_checkpoints(part_dir / "checkpoints")] == [3]
+    train(tiny_config(part_dir))  # resume=auto continues at step 3
+    full, part = read_metrics(full_dir), read_metrics(part_dir)
+    assert [r["step"] for r in part] == list(range(1, 9)) == [r["step"] for r in full]
+    for a, b in zip(full, part):  # same lr at every step, same losses
+        assert a["lr"] == b["lr"] and a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)
+    final_full = load_checkpoint(list_checkpoints(full_dir / "checkpoints")[-1])["model"]
+    final_part = load_checkpoint(list_checkpoints(part_dir / "checkpoints")[-1])["model"]
+    for key in final_full:
+        assert torch.equal(final_full[key], final_part[key]), key
+
+
+def test_run_directory_contents(tmp_path):
+    train(tiny_config(tmp_path, "trainer.max_steps=2"))
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "encoder" / "model.safetensors").is_file()
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    assert {"lr", "weight_decay", "images_per_s", "epoch"} <= set(rows[0])
+
+
+def test_checkpoint_from_another_method_config_is_refused(tmp_path):
+    train(tiny_config(tmp_path, "trainer.max_steps=1"))
+    with pytest.raises(CheckpointError, match="small_stem"):
+        train(tiny_config(tmp_path, "backbone.small_stem=false"))
+
+
+def test_batch_larger_than_dataset_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="larger than the dataset"):
+        train(tiny_config(tmp_path, "trainer.batch_size=128"))
+
+
+def test_weight_decay_skips_biases_and_norms():
+    from selfsup.optim import param_groups
+
+    groups = param_groups(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)), 0.1)
+    assert [p.ndim for p in groups[0]["params"]] == [2] and groups[0]["weight_decay"] == 0.1
+    assert all(p.ndim == 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0
