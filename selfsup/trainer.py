@@ -214,6 +214,7 @@ class Trainer:
                 acc.backward(out["loss"] / tc.grad_accum)
             for key, value in out.items():
                 outputs[key] = outputs.get(key, 0) + value.detach().float() / tc.grad_accum
+        self.method.on_after_backward(values)
         if tc.grad_clip:
             acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.optimizer.step()

@@ -1,5 +1,11 @@
-"""Pretext methods and baselines. Importing this package registers every method."""
+"""Pretext methods and baselines, one file each. Importing this package registers every method."""
+import importlib
+import pkgutil
+
 from selfsup.methods.registry import METHODS, create_method, method_config_class, register_method
-from selfsup.methods import simclr  # noqa: F401  (registers)
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in ("base", "registry"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["METHODS", "create_method", "method_config_class", "register_method"]

@@ -64,6 +64,10 @@ class Method(nn.Module):
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor, values: dict[str, float]) -> dict[str, torch.Tensor]:
         return self.training_step(views, labels, values)
 
+    def on_after_backward(self, values: dict[str, float]) -> None:
+        """After the gradients of a step are complete, before clipping and the optimizer step
+        (e.g. DINO cancels the last layer's gradients during its first epoch). Default: nothing."""
+
     @torch.no_grad()
     def on_step_end(self, values: dict[str, float]) -> None:
         """After the optimizer step: EMA teachers, queues, centres. Default: nothing."""

@@ -1,6 +1,4 @@
-"""Pure loss functions. Reduction follows LightlySSL's conventions: mean over samples, a
-symmetric loss averages its two directions, so numbers compare 1:1.
-"""
+"""Contrastive losses: negatives from the (global) batch."""
 from __future__ import annotations
 
 import torch
