@@ -1,4 +1,4 @@
-"""Command line: ``selfsup train | eval | export | list`` (also ``python -m selfsup``).
+"""Command line: ``selfsup train | eval | export | bench | list`` (also ``python -m selfsup``).
 
 User errors (bad keys, missing paths, unreadable data) print one line and exit with code 2;
 ``--debug`` shows the traceback instead.
@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", choices=["safetensors", "torchscript"], default="safetensors")
 
+    p = sub.add_parser("bench", help="training throughput: end to end, model-only bound, their ratio")
+    p.add_argument("recipe", nargs="?", help="recipe path or name (default: simclr-digits)")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+
     sub.add_parser("list", help="methods, backbones, datasets and recipes")
     return parser
 
@@ -60,14 +67,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _train(args) -> int:
+def _config(args):
     from selfsup.config import load_config
-    from selfsup.train import train
 
     recipe, overrides = args.recipe, list(args.overrides)
     if recipe and "=" in recipe:  # `selfsup train key=value ...`: the default recipe with overrides
         recipe, overrides = None, [recipe, *overrides]
-    train(load_config(recipe, overrides))
+    return load_config(recipe, overrides)
+
+
+def _train(args) -> int:
+    from selfsup.train import train
+
+    train(_config(args))
+    return 0
+
+
+def _bench(args) -> int:
+    from selfsup.bench import bench
+
+    result = bench(_config(args), steps=args.steps, warmup=args.warmup, rounds=args.rounds)
+    print(json.dumps(result))
     return 0
 
 
@@ -118,7 +138,7 @@ def _list(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "export": _export, "list": _list}
+COMMANDS = {"train": _train, "bench": _bench, "eval": _eval, "export": _export, "list": _list}
 
 if __name__ == "__main__":
     sys.exit(main())

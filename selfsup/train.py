@@ -39,12 +39,15 @@ def build_method(cfg: Config, data: ImageDataset) -> Method:
     return create_method(cfg.method, backbone, image_size=size, num_classes=len(data.classes))
 
 
-def train(cfg: Config) -> dict:
-    """Train, export ``encoder/``, evaluate; returns the evaluation results (empty if disabled)."""
+def make_accelerator(cfg: Config) -> Accelerator:
     if cfg.trainer.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("trainer.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.trainer.precision]
-    acc = Accelerator(mixed_precision=mixed)
+    return Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.trainer.precision])
+
+
+def train(cfg: Config) -> dict:
+    """Train, export ``encoder/``, evaluate; returns the evaluation results (empty if disabled)."""
+    acc = make_accelerator(cfg)
     run_dir = run_dir_of(cfg)
     with acc.main_process_first():  # rank 0 decodes and caches; the others read its cache
         train_data = load_split(cfg, "train")

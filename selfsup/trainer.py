@@ -12,6 +12,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -193,14 +194,12 @@ class Trainer:
         bar.close()
 
     def _train_step(self, step: int) -> dict[str, torch.Tensor]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns the detached mean outputs."""
+        return self.optimize(step, self.make_batches(step))
+
+    def make_batches(self, step: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        """This process's micro-batches of ``step`` as (views, labels), made lazily on the device."""
         acc, tc = self.acc, self.tc
-        values = self.values(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = values["lr"]
-            group["weight_decay"] = values["weight_decay"] * group["wd_scale"]
         indices = self.sampler.indices(step, acc.process_index, acc.num_processes).to(acc.device)
-        outputs: dict[str, torch.Tensor] = {}
         for micro, chunk in enumerate(indices.split(self.micro_batch)):
             # Augmentation randomness is a pure function of (seed, step, process, micro-batch),
             # so views are reproducible and a resumed run sees exactly the views it would have.
@@ -208,9 +207,20 @@ class Trainer:
             views = self.view_maker(self.images[chunk], self.generator)
             if tc.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            yield views, self.labels[chunk]
+
+    def optimize(self, step: int, batches: Iterable[tuple[list[torch.Tensor], torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the detached mean outputs."""
+        acc, tc = self.acc, self.tc
+        values = self.values(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = values["lr"]
+            group["weight_decay"] = values["weight_decay"] * group["wd_scale"]
+        outputs: dict[str, torch.Tensor] = {}
+        for micro, (views, labels) in enumerate(batches):
             final = micro == tc.grad_accum - 1
             with acc.autocast(), (acc.no_sync(self.model) if not final else nullcontext()):
-                out = self.model(views, self.labels[chunk], values)
+                out = self.model(views, labels, values)
                 acc.backward(out["loss"] / tc.grad_accum)
             for key, value in out.items():
                 outputs[key] = outputs.get(key, 0) + value.detach().float() / tc.grad_accum

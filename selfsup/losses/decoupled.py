@@ -1,0 +1,96 @@
+"""Decoupled contrastive losses: DCL and DCLW.
+
+Yeh, Hong, Hsu, Liu, Chen, LeCun, "Decoupled Contrastive Learning", ECCV 2022
+(arXiv:2110.06848). NT-Xent with the positive pair removed from the denominator (eq. 6), which
+removes the negative-positive coupling of the gradient; DCLW also weights the positive term with
+a negative von Mises-Fisher weight.
+
+The denominator is one sum over both views of every other image (the paper's eq. 6 and the
+authors' code), not two separate log-sums as in LightlySSL's ``DCLLoss``; so these values compare
+1:1 with the paper, not with LightlySSL's. The reduction is LightlySSL's: the mean over the 2N
+anchors, i.e. the average of the two directions.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from selfsup.distributed import gather_with_grad, rank
+
+
+def _decoupled(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, sigma: float | None, gather: bool) -> torch.Tensor:
+    """Shared body of :func:`dcl` (``sigma=None``) and :func:`dclw`; indexing as in ``nt_xent``."""
+    n = z_a.shape[0]
+    z_a, z_b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)
+    cand_a = gather_with_grad(z_a) if gather else z_a
+    cand_b = gather_with_grad(z_b) if gather else z_b
+    total = cand_a.shape[0]  # N * processes
+    offset = rank() * n if gather else 0
+    anchors = torch.cat([z_a, z_b])  # [2N, D]
+    logits = anchors @ torch.cat([cand_a, cand_b]).T  # [2N, 2 * total]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # fp32 under autocast
+    rows = torch.arange(2 * n, device=z_a.device)
+    own = torch.arange(n, device=z_a.device) + offset
+    self_index = torch.cat([own, own + total])
+    positive_index = torch.cat([own + total, own])
+    positive = logits[rows, positive_index]  # [2N]: s_ii / t, the same for both directions
+    if sigma is not None:
+        positive = positive * torch.cat([_vmf_weights(z_a, z_b, sigma, gather, offset)] * 2)
+    # Decoupling: neither the anchor itself nor its positive is in the denominator.
+    excluded = torch.zeros_like(logits, dtype=torch.bool)
+    excluded[rows, self_index] = True
+    excluded[rows, positive_index] = True
+    negatives = torch.logsumexp(logits.masked_fill(excluded, float("-inf")), dim=1)  # [2N]
+    return (negatives - positive).mean()
+
+
+def _vmf_weights(z_a: torch.Tensor, z_b: torch.Tensor, sigma: float, gather: bool, offset: int) -> torch.Tensor:
+    """Negative von Mises-Fisher weights ``w_i = 2 - M softmax_i(<z_i^a, z_i^b> / sigma)`` over the M
+    positives of the (global) batch (DCL's DCLW weighting); unit-norm inputs [N, D] -> this process's [N].
+
+    The weights stay in the graph, as in the authors' code (LightlySSL detaches them).
+    """
+    cos = (z_a * z_b).sum(dim=1)
+    cos = cos.to(torch.promote_types(cos.dtype, torch.float32))
+    all_cos = gather_with_grad(cos) if gather else cos
+    weights = 2 - all_cos.shape[0] * torch.softmax(all_cos / sigma, dim=0)
+    return weights[offset : offset + z_a.shape[0]]
+
+
+def dcl(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.1, *, gather: bool = False) -> torch.Tensor:
+    """Decoupled contrastive loss (DCL; Yeh et al. 2022, eq. 6).
+
+    With cosine similarity ``s``, for the anchor ``z_i^(k)`` of view k and its positive ``z_i^(l)``:
+    ``L_i^(k) = -s(z_i^(k), z_i^(l)) / t + log sum_{j != i, m in {a, b}} exp(s(z_i^(k), z_j^(m)) / t)``;
+    the loss is the mean over both views of every image (the average of the two directions).
+
+    Args:
+        z_a, z_b: [N, D] projections of the two views; row i of each is a positive pair.
+        temperature: t.
+        gather: take the negatives from every process (autograd-correct all-gather), so the
+            loss over P processes equals the single-process loss on the global batch.
+    Returns:
+        scalar loss (fp32 under autocast).
+    """
+    return _decoupled(z_a, z_b, temperature, None, gather)
+
+
+def dclw(
+    z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.1, sigma: float = 0.5, *, gather: bool = False
+) -> torch.Tensor:
+    """Weighted decoupled contrastive loss (DCLW; Yeh et al. 2022, eq. 6 with the negative von Mises-Fisher weight).
+
+    As :func:`dcl` with the positive term ``-s_ii / t`` multiplied by
+    ``w_i = 2 - exp(s_ii / sigma) / mean_j exp(s_jj / sigma) = 2 - M softmax_i(s_ii / sigma)``, the
+    mean over the M positive pairs of the global batch (mean weight 1; harder positives, with a
+    lower similarity, weigh more). Constant positive similarities give ``w = 1``, i.e. :func:`dcl`.
+
+    Args:
+        z_a, z_b: [N, D] projections of the two views; row i of each is a positive pair.
+        temperature: t.
+        sigma: scale of the von Mises-Fisher weighting (0.5 in the paper).
+        gather: negatives and the weights' normaliser from every process.
+    Returns:
+        scalar loss (fp32 under autocast).
+    """
+    return _decoupled(z_a, z_b, temperature, sigma, gather)

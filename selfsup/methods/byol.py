@@ -1,0 +1,91 @@
+"""BYOL: Bootstrap Your Own Latent.
+
+Grill et al., "Bootstrap your own latent: A new approach to self-supervised learning",
+NeurIPS 2020 (arXiv:2006.07733). Algorithm 1:
+two views -> online network (encoder f, projector g, predictor q) and target network (f', g',
+an exponential moving average of f and g) -> normalised MSE between q(g(f(v))) and the target's
+g'(f'(v')) of the other view, symmetrised; only the online network is trained, then
+``xi <- tau xi + (1 - tau) theta`` with tau rising from tau_base to 1 on a cosine (sec. 3.2).
+The online encoder f is what gets evaluated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from selfsup.augment import AugmentSpec
+from selfsup.config import MethodConfig
+from selfsup.ema import ema_update, frozen_copy, momentum_schedule
+from selfsup.heads import ProjectionHead
+from selfsup.losses.noncontrastive import byol_loss
+from selfsup.methods.base import Method
+from selfsup.methods.registry import register_method
+
+
+def byol_views(
+    size: int, *, blur: bool | None = None, crop_scale: tuple[float, float] = (0.08, 1.0)
+) -> list[tuple[AugmentSpec, int]]:
+    """BYOL's two asymmetric views (Grill et al. 2020, appendix B, table 6), also used by
+    Barlow Twins and VICReg: crop + flip, colour jitter (0.4, 0.4, 0.2, 0.1) w.p. 0.8, grey
+    w.p. 0.2; Gaussian blur w.p. 1.0 / 0.1 and solarisation w.p. 0.0 / 0.2 for view 1 / 2.
+
+    ``blur=None`` blurs only from 64 px up (at 32 px a blur wipes out the image, as SimCLR notes).
+    """
+    use_blur = size >= 64 if blur is None else blur
+    common = dict(size=size, crop_scale=tuple(crop_scale), jitter_p=0.8, brightness=0.4, contrast=0.4,
+                  saturation=0.2, hue=0.1, grayscale_p=0.2)
+    first = AugmentSpec(**common, blur_p=1.0 if use_blur else 0.0, solarize_p=0.0)
+    second = AugmentSpec(**common, blur_p=0.1 if use_blur else 0.0, solarize_p=0.2)
+    return [(first, 1), (second, 1)]
+
+
+@dataclass
+class BYOLConfig(MethodConfig):
+    name: str = "byol"
+    proj_hidden_dim: int = 4096
+    proj_dim: int = 256
+    pred_hidden_dim: int = 4096
+    momentum_base: float = 0.996  # tau_base; the paper's ImageNet value (0.99 suits short runs)
+    momentum_final: float = 1.0
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    blur: bool | None = None  # None: blur when the images are 64 px or larger
+
+
+@register_method("byol")
+class BYOL(Method):
+    """Online backbone + projector + predictor; target backbone + projector by EMA."""
+
+    config_class = BYOLConfig
+    min_batch_size = 2  # the projector's BatchNorm needs a batch
+    paper = "Grill et al. 2020, arXiv:2006.07733"
+
+    def __init__(self, cfg: BYOLConfig, backbone, image_size: int, num_classes: int = 0):
+        super().__init__(cfg, backbone, image_size, num_classes)
+        self.projector = ProjectionHead(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.predictor = ProjectionHead(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
+        self.target_backbone = frozen_copy(backbone)
+        self.target_projector = frozen_copy(self.projector)
+
+    @property
+    def views(self) -> list[tuple[AugmentSpec, int]]:
+        return byol_views(self.image_size, blur=self.cfg.blur, crop_scale=tuple(self.cfg.crop_scale))
+
+    def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        """``ema_momentum``: tau_k = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2."""
+        return {"ema_momentum": momentum_schedule(self.cfg.momentum_base, self.cfg.momentum_final, total_steps)}
+
+    def training_step(self, views, labels, values):
+        x = torch.cat(views)  # [2B, C, h, w]: one backbone call for both views
+        p1, p2 = self.predictor(self.projector(self.backbone(x))).chunk(2)
+        with torch.no_grad():
+            t1, t2 = self.target_projector(self.target_backbone(x)).chunk(2)
+        loss = 0.5 * (byol_loss(p1, t2) + byol_loss(p2, t1))
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def on_step_end(self, values: dict[str, float]) -> None:
+        tau = values["ema_momentum"]
+        ema_update(self.target_backbone, self.backbone, tau)
+        ema_update(self.target_projector, self.projector, tau)

@@ -1,0 +1,85 @@
+"""DCL and DCLW: Decoupled Contrastive Learning.
+
+Yeh, Hong, Hsu, Liu, Chen, LeCun, ECCV 2022 (arXiv:2110.06848). SimCLR's framework (two augmented
+views -> encoder -> 2-layer MLP projection head, negatives from the global batch) with the
+decoupled loss: the positive pair is removed from the denominator of NT-Xent (DCL), and in DCLW
+the positive term is also weighted by a negative von Mises-Fisher weight (sigma = 0.5).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from selfsup.augment import AugmentSpec
+from selfsup.config import MethodConfig
+from selfsup.heads import ProjectionHead
+from selfsup.losses.decoupled import dcl, dclw
+from selfsup.methods.base import Method
+from selfsup.methods.registry import register_method
+
+
+@dataclass
+class DCLConfig(MethodConfig):
+    name: str = "dcl"
+    temperature: float = 0.1  # the paper's default for DCL (and the authors' code)
+    proj_hidden_dim: int = 2048
+    proj_dim: int = 128
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    color_strength: float = 0.5  # SimCLR's s: jitter 0.8 s, hue 0.2 s
+    blur: bool | None = None  # None: blur when the images are 64 px or larger (SimCLR's CIFAR recipe skips it)
+
+
+@dataclass
+class DCLWConfig(DCLConfig):
+    name: str = "dclw"
+    sigma: float = 0.5  # scale of the von Mises-Fisher weighting of the positive term
+
+
+class _Decoupled(Method):
+    """SimCLR-style two-view pipeline shared by DCL and DCLW; subclasses choose the loss."""
+
+    min_batch_size = 2  # an anchor needs at least one negative besides its positive
+    paper = "Yeh et al. 2022, Decoupled Contrastive Learning, ECCV (arXiv:2110.06848)"
+
+    def __init__(self, cfg: DCLConfig, backbone, image_size: int, num_classes: int = 0):
+        super().__init__(cfg, backbone, image_size, num_classes)
+        self.head = ProjectionHead(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
+
+    @property
+    def views(self) -> list[tuple[AugmentSpec, int]]:
+        spec = AugmentSpec.simclr(
+            self.image_size, strength=self.cfg.color_strength, blur=self.cfg.blur, crop_scale=tuple(self.cfg.crop_scale)
+        )
+        return [(spec, 2)]
+
+    def loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, views, labels, values):
+        z = self.head(self.backbone(torch.cat(views)))  # one backbone call for both views
+        z_a, z_b = z.chunk(2)
+        loss = self.loss(z_a, z_b)
+        with torch.no_grad():
+            pos_sim = torch.nn.functional.cosine_similarity(z_a, z_b, dim=1).mean().float()
+        return {"loss": loss, "pos_sim": pos_sim}
+
+
+@register_method("dcl")
+class DCL(_Decoupled):
+    """DCL: NT-Xent without the positive in the denominator (Yeh et al. 2022, eq. 6)."""
+
+    config_class = DCLConfig
+
+    def loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        return dcl(z_a, z_b, self.cfg.temperature, gather=True)
+
+
+@register_method("dclw")
+class DCLW(_Decoupled):
+    """DCLW: DCL with the negative von Mises-Fisher weighting of the positive term (Yeh et al. 2022)."""
+
+    config_class = DCLWConfig
+
+    def loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        return dclw(z_a, z_b, self.cfg.temperature, self.cfg.sigma, gather=True)

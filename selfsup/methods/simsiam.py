@@ -1,0 +1,66 @@
+"""SimSiam: Exploring Simple Siamese Representation Learning.
+
+Chen & He, CVPR 2021 (arXiv:2011.10566). Algorithm 1:
+two views -> encoder f (backbone + projection MLP) -> z1, z2; predictor h -> p1, p2;
+``L = D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2`` with D the negative cosine
+similarity. No negatives, no momentum encoder: the stop-gradient prevents collapse (sec. 4).
+The backbone is what gets evaluated.
+
+Not implemented: the paper's fixed (unscheduled) predictor learning rate (sec. 4.4 / appendix),
+which needs a per-parameter-group schedule in the trainer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from selfsup.augment import AugmentSpec
+from selfsup.config import MethodConfig
+from selfsup.heads import ProjectionHead
+from selfsup.losses.noncontrastive import simsiam_loss
+from selfsup.methods.base import Method
+from selfsup.methods.registry import register_method
+
+
+@dataclass
+class SimSiamConfig(MethodConfig):
+    name: str = "simsiam"
+    proj_hidden_dim: int = 2048
+    proj_dim: int = 2048
+    proj_layers: int = 3  # ImageNet: 3; the paper's CIFAR variant: 2 (both end in a BN without affine)
+    pred_hidden_dim: int = 512  # the bottleneck: a quarter of proj_dim
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # MoCo v2's augmentation, as the paper
+    blur: bool | None = None  # None: blur when the images are 64 px or larger
+
+
+@register_method("simsiam")
+class SimSiam(Method):
+    """Backbone + projection MLP (f) and a bottleneck predictor MLP (h), with a stop-gradient."""
+
+    config_class = SimSiamConfig
+    min_batch_size = 2  # BatchNorm in the heads needs a batch
+    paper = "Chen & He 2021, arXiv:2011.10566"
+
+    def __init__(self, cfg: SimSiamConfig, backbone, image_size: int, num_classes: int = 0):
+        super().__init__(cfg, backbone, image_size, num_classes)
+        self.projector = ProjectionHead(
+            backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim, num_layers=cfg.proj_layers, last_bn=True
+        )
+        self.predictor = ProjectionHead(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
+
+    @property
+    def views(self) -> list[tuple[AugmentSpec, int]]:
+        # MoCo v2's views: jitter (0.4, 0.4, 0.4, 0.1) w.p. 0.8, grey w.p. 0.2, blur w.p. 0.5.
+        spec = AugmentSpec.simclr(self.image_size, strength=0.5, blur=self.cfg.blur, crop_scale=tuple(self.cfg.crop_scale))
+        return [(spec, 2)]
+
+    def training_step(self, views, labels, values):
+        z = self.projector(self.backbone(torch.cat(views)))  # [2B, proj_dim]: one backbone call
+        p1, p2 = self.predictor(z).chunk(2)
+        z1, z2 = z.chunk(2)
+        loss = 0.5 * (simsiam_loss(p1, z2) + simsiam_loss(p2, z1))
+        # Collapse monitor (sec. 4.1): the per-dimension std of l2-normalised z, ~1/sqrt(d) when healthy, 0 collapsed.
+        z_std = F.normalize(z1.detach().float(), dim=1).std(dim=0).mean()
+        return {"loss": loss, "z_std": z_std}

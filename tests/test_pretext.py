@@ -1,0 +1,212 @@
+"""Rotation (Gidaris et al. 2018) and jigsaw (Noroozi & Favaro 2016): views, tiles, permutation sets, losses."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selfsup.backbones import create_backbone
+from selfsup.errors import ConfigError
+from selfsup.methods import create_method
+from selfsup.methods import jigsaw_permutations as jp
+from selfsup.methods.jigsaw import extract_tiles, normalize_tiles, sample_tile_offsets, shuffle_tiles
+from selfsup.methods.rotation import rotate_batch
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+
+
+def build(name: str, size: int = 16, **overrides):
+    torch.manual_seed(0)
+    backbone = create_backbone("test_resnet", small_stem=True)
+    return create_method(name, backbone, image_size=size, **overrides)
+
+
+# ----------------------------------------------------------------------------- rotation
+
+
+def test_rotation_labels_follow_rot90_counter_clockwise():
+    x = torch.randn(5, 3, 8, 8)
+    rotated, labels = rotate_batch(x)
+    assert rotated.shape == (20, 3, 8, 8) and labels.tolist() == [k for k in range(4) for _ in range(5)]
+    for i in range(20):  # rotating back by the label recovers the original
+        assert torch.equal(torch.rot90(rotated[i], -int(labels[i]), dims=(-2, -1)), x[i % 5])
+    square = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    assert rotate_batch(square)[0][1, 0].tolist() == [[2.0, 4.0], [1.0, 3.0]]  # 90 degrees counter-clockwise
+
+
+def test_rotation_loss_is_cross_entropy_over_all_four_rotations():
+    method = build("rotation").eval()  # eval: BatchNorm per sample, so a loop reference compares
+    x = torch.randn(3, 3, 16, 16)
+    out = method([x], torch.zeros(3, dtype=torch.long), {})
+    terms = []
+    for b in range(3):
+        for k in range(4):
+            logits = method.head(method.backbone(torch.rot90(x[b : b + 1], k, dims=(2, 3))))
+            terms.append(-F.log_softmax(logits, dim=1)[0, k])
+    assert torch.allclose(out["loss"], torch.stack(terms).mean(), atol=1e-5)
+    assert 0 <= out["rotation_acc"] <= 1 and out["rotation_acc"].ndim == 0
+
+
+def test_rotation_head_and_views():
+    method = build("rotation", head_hidden_dim=32)
+    features = method.backbone.num_features
+    assert method.head(torch.randn(6, features)).shape == (6, 4)
+    assert build("rotation").head(torch.randn(6, features)).shape == (6, 4)  # linear by default
+    ((spec, count),) = method.views
+    assert count == 1 and spec.size == 16 and spec.jitter_p == spec.grayscale_p == spec.blur_p == 0
+    assert spec.crop_scale[0] >= 0.5
+
+
+# ----------------------------------------------------------------------------- tiles
+
+
+def assemble(tiles: torch.Tensor) -> torch.Tensor:
+    """[B, 9, C, t, t] in cell order -> [B, C, 3t, 3t] (slow loop)."""
+    b, _, c, t, _ = tiles.shape
+    out = torch.empty(b, c, 3 * t, 3 * t)
+    for i in range(9):
+        r, col = divmod(i, 3)
+        out[:, :, r * t : (r + 1) * t, col * t : (col + 1) * t] = tiles[:, i]
+    return out
+
+
+@pytest.mark.parametrize("side", [30, 32])  # 32: the 2-px remainder is unused
+def test_tiles_reassemble_the_crop_under_the_inverse_permutation(side):
+    crops = torch.randn(4, 3, side, side)
+    perms = torch.stack([torch.randperm(9) for _ in range(4)])
+    puzzles = shuffle_tiles(extract_tiles(crops, 10), perms)  # gaps 0, no jitter
+    for b in range(4):
+        for i in range(9):  # position i holds the tile of cell perms[b, i]
+            r, c = divmod(int(perms[b, i]), 3)
+            assert torch.equal(puzzles[b, i], crops[b, :, 10 * r : 10 * r + 10, 10 * c : 10 * c + 10])
+    assert torch.equal(assemble(shuffle_tiles(puzzles, perms.argsort(dim=1))), crops[..., :30, :30])
+
+
+def test_jittered_tiles_match_a_loop_reference():
+    gen = torch.Generator().manual_seed(0)
+    crops = torch.randn(5, 2, 36, 36)
+    offsets = sample_tile_offsets(5, 12, 9, jitter=True, generator=gen)
+    assert offsets.shape == (5, 9, 2) and offsets.min() >= 0 and offsets.max() <= 3
+    assert len(torch.unique(offsets.view(-1, 2), dim=0)) > 1  # positions vary per tile and sample
+    tiles = extract_tiles(crops, 9, offsets)
+    for b in range(5):
+        for i in range(9):
+            y, x = 12 * (i // 3) + int(offsets[b, i, 0]), 12 * (i % 3) + int(offsets[b, i, 1])
+            assert torch.equal(tiles[b, i], crops[b, :, y : y + 9, x : x + 9])
+    centred = sample_tile_offsets(2, 12, 9, jitter=False)
+    assert (centred == 1).all()
+    with pytest.raises(ValueError):
+        sample_tile_offsets(2, 12, 13)
+
+
+def test_each_tile_is_standardised_by_its_own_statistics():
+    tiles = 3 + 5 * torch.randn(4, 9, 3, 7, 7)
+    tiles[0, 0] = 0.25  # a flat tile becomes zeros, not NaN
+    out = normalize_tiles(tiles)
+    mean = out.mean(dim=(2, 3, 4))
+    std = out.std(dim=(2, 3, 4), correction=0)
+    assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-5)
+    assert torch.allclose(std.flatten()[1:], torch.ones(35), atol=1e-5)
+    assert torch.equal(out[0, 0], torch.zeros(3, 7, 7))
+    expected = (tiles[1, 2] - tiles[1, 2].mean()) / tiles[1, 2].std(correction=0)
+    assert torch.allclose(out[1, 2], expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- permutation sets
+
+
+def algorithm_1(n: int, seed: int) -> np.ndarray:
+    """Noroozi & Favaro, Algorithm 1, as written: D = Hamming(P, P_hat); D_bar = 1^T D; j = argmax D_bar."""
+    p_hat = jp.all_permutations()
+    remaining = np.ones(len(p_hat), dtype=bool)
+    j = int(np.random.default_rng(seed).integers(len(p_hat)))
+    chosen = []
+    for _ in range(n):
+        chosen.append(j)
+        remaining[j] = False
+        d = np.stack([(p_hat != p_hat[c]).sum(1) for c in chosen])  # [i, 9!]
+        d_bar = np.where(remaining, d.sum(0), -1)
+        j = int(np.argmax(d_bar))
+    return p_hat[chosen].astype(np.int64)
+
+
+def test_floor_two_is_algorithm_1_as_published():
+    assert np.array_equal(jp.greedy_permutations(6, seed=3, min_distance=2), algorithm_1(6, seed=3))
+
+
+@pytest.mark.parametrize("n,floor", [(30, 2), (100, 6)])
+def test_permutation_set_is_distinct_and_keeps_its_hamming_floor(n, floor):
+    perms = jp.greedy_permutations(n, seed=0, min_distance=floor)
+    assert perms.shape == (n, 9) and (np.sort(perms, axis=1) == np.arange(9)).all()
+    assert len({tuple(p) for p in perms}) == n
+    dist = jp.hamming_matrix(perms)[~np.eye(n, dtype=bool)]
+    assert dist.min() >= floor
+    assert dist.mean() > 8.0  # maximal average distance (a random set averages 8.0 = 9 - 1)
+
+
+def test_an_infeasible_floor_is_a_config_error():
+    with pytest.raises(ConfigError, match="perm_min_distance"):
+        jp.greedy_permutations(100, seed=0, min_distance=8)
+
+
+def test_permutation_set_is_deterministic_and_cached(tmp_path, monkeypatch):
+    first = jp.permutation_set(20, seed=1, min_distance=5)
+    assert np.array_equal(first, jp.greedy_permutations(20, seed=1, min_distance=5))
+    assert not np.array_equal(first, jp.permutation_set(20, seed=2, min_distance=5))
+    path = tmp_path / "cache" / "jigsaw" / "permutations-v1-n20-d5-seed1.npy"
+    assert np.array_equal(np.load(path), first)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("recomputed although the cache holds the set")
+
+    monkeypatch.setattr(jp, "greedy_permutations", forbidden)
+    assert np.array_equal(jp.permutation_set(20, seed=1, min_distance=5), first)
+    monkeypatch.undo()
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+    np.save(path, np.zeros((20, 9), dtype=np.int64))  # a corrupt file is recomputed and replaced
+    assert np.array_equal(jp.permutation_set(20, seed=1, min_distance=5), first)
+    assert np.array_equal(np.load(path), first)
+
+
+# ----------------------------------------------------------------------------- jigsaw method
+
+
+def test_jigsaw_geometry_heads_and_one_backbone_call_on_all_tiles():
+    method = build("jigsaw", size=16, crop_size=48, num_permutations=24, head_hidden_dim=32)
+    assert (method.crop_size, method.cell, method.tile) == (48, 16, 14)
+    assert method.permutations.shape == (24, 9) and "permutations" in method.state_dict()
+    assert method.views[0][0].size == 48 and method.views[0][1] == 1
+    features = method.backbone.num_features
+    assert method.classifier(torch.randn(4, 9 * features)).shape == (4, 24)
+    calls = []
+    method.backbone.register_forward_hook(lambda module, args, out: calls.append((args[0].shape, out.shape)))
+    out = method([torch.randn(4, 1, 48, 48).expand(4, 3, 48, 48)], torch.zeros(4, dtype=torch.long), {})
+    assert calls == [((36, 3, 14, 14), (36, features))]
+    assert out["loss"].ndim == 0 and 0 <= out["jigsaw_acc"] <= 1
+
+
+def test_jigsaw_loss_matches_a_per_puzzle_reference():
+    method = build("jigsaw", size=30, num_permutations=10, head_hidden_dim=16, jitter=False).eval()
+    crops = torch.randn(3, 3, 30, 30)
+    torch.manual_seed(7)
+    out = method([crops], torch.zeros(3, dtype=torch.long), {})
+    torch.manual_seed(7)
+    _, target = method.make_puzzles(crops)  # the same draws as inside the step
+    terms = []
+    for b in range(3):
+        perm = method.permutations[target[b]]
+        tiles = []
+        for i in range(9):  # position i shows the (centred) tile of cell perm[i], standardised
+            r, c = divmod(int(perm[i]), 3)
+            t = crops[b, :, 10 * r : 10 * r + 9, 10 * c : 10 * c + 9]  # tile 9 in a 10-px cell, offset (10 - 9) // 2
+            tiles.append(((t - t.mean()) / t.std(correction=0)).unsqueeze(0))
+        logits = method.classifier(torch.cat([method.backbone(t) for t in tiles], dim=1))
+        terms.append(-F.log_softmax(logits, dim=1)[0, target[b]])
+    assert torch.allclose(out["loss"], torch.stack(terms).mean(), atol=1e-5)
+
+
+def test_jigsaw_rejects_a_tile_larger_than_its_cell():
+    with pytest.raises(ConfigError, match="tile_size"):
+        build("jigsaw", size=16, tile_size=6, num_permutations=10)
