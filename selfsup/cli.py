@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"selfsup: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
         return 130

@@ -20,3 +20,11 @@ class DataError(SelfsupError):
 
 class CheckpointError(SelfsupError):
     """A checkpoint that is missing, unreadable, or from a different method or backbone."""
+
+
+class TrainingInterrupted(SelfsupError):
+    """SIGTERM / SIGINT stopped training after a checkpoint was written; the exit code is 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -23,7 +23,7 @@ from selfsup.augment import ViewMaker
 from selfsup.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from selfsup.config import Config, config_to_dict
 from selfsup.data import ImageDataset
-from selfsup.errors import CheckpointError, ConfigError, SelfsupError
+from selfsup.errors import CheckpointError, ConfigError, SelfsupError, TrainingInterrupted
 from selfsup.methods.base import Method
 from selfsup.optim import create_optimizer
 from selfsup.schedules import scaled_lr, warmup_cosine
@@ -189,8 +189,8 @@ class Trainer:
                 self.save()
             if self._stop_signal is not None:
                 bar.close()
-                raise SelfsupError(f"stopped by signal {self._stop_signal} at step {self.step}; checkpoint saved, "
-                                   f"rerun the same command to resume")
+                raise TrainingInterrupted(f"stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; "
+                                          f"checkpoint saved, rerun the same command to resume", self._stop_signal)
         bar.close()
 
     def _train_step(self, step: int) -> dict[str, torch.Tensor]:

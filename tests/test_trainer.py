@@ -82,3 +82,24 @@ def test_weight_decay_skips_biases_and_norms():
     groups = param_groups(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)), 0.1)
     assert [p.ndim for p in groups[0]["params"]] == [2] and groups[0]["weight_decay"] == 0.1
     assert all(p.ndim == 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "selfsup", "train", "simclr-digits", *TINY, "trainer.epochs=500",
+            "trainer.checkpoint_every=100000", f"run.dir={tmp_path}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM" in err and "rerun the same command to resume" in err
+    saved = list_checkpoints(tmp_path / "checkpoints")
+    assert len(saved) == 1 and load_checkpoint(saved[0])["step"] == read_metrics(tmp_path)[-1]["step"]
