@@ -379,13 +379,19 @@ class ViewMaker:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
-        """images: uint8 ``[B, C, H, W]`` -> ``num_views`` float32 ``[B, C, size, size]``."""
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"ViewMaker wants uint8 [B, C, H, W], got {images.dtype} "
-                             f"{list(images.shape)}")
+        """images: uint8 ``[B, C, H, W]`` -> ``num_views`` float32 ``[B, C, size, size]``.
+
+        float32 ``[B, C, H, W]`` holds data that are not images (``data.name=sequence``): it is
+        only normalised, and every view is that same tensor (no crop, flip or colour).
+        """
+        if images.dtype not in (torch.uint8, torch.float32) or images.dim() != 4:
+            raise ValueError(f"ViewMaker wants uint8 [B, C, H, W] (or float32 non-image data), got "
+                             f"{images.dtype} {list(images.shape)}")
         if images.shape[1] != len(self.mean):
             raise ValueError(f"images have {images.shape[1]} channels but mean/std have "
                              f"{len(self.mean)}")
+        if images.dtype == torch.float32:
+            return [normalize(images, self.mean, self.std)] * self.num_views
         if generator.device.type != images.device.type:
             raise ValueError(f"generator on {generator.device}, images on {images.device}")
         x = images.float().div_(255)

@@ -5,26 +5,42 @@ whose forward maps float ``[B, in_chans, H, W]`` to pooled features ``[B, num_fe
 ``small_stem=True`` swaps a ResNet-family stem for the CIFAR variant used by SimCLR
 (Chen et al. 2020, appendix B.9): a 3x3 stride-1 first convolution and no stem max-pool,
 so a 32-px input keeps its 32-px resolution after the stem.
+
+Sequence backbones (``lstm``, ``gru``, ``seq_transformer``; :mod:`selfsup.sequence`) come through
+the same factory and keep the same contract; they read an image as a sequence of rows or patches
+and need the input's ``img_size`` (``selfsup train`` fills it in from the data).
 """
 
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from typing import Any
 
 import timm
 from torch import nn
 
 from selfsup.errors import ConfigError
+from selfsup.sequence import SEQUENCE_BACKBONES
 
-__all__ = ["create_backbone", "list_backbones", "apply_small_stem"]
+__all__ = ["create_backbone", "list_backbones", "apply_small_stem", "is_sequence_backbone", "default_model_args"]
 
 _SMALL_STEM_HELP = "supported: ResNet-family timm models with conv1 + maxpool, e.g. resnet18, resnet50, resnet10t"
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
-    """Return the timm model names matching ``pattern`` (fnmatch-style, e.g. ``"resnet*"``)."""
-    return list(timm.list_models(pattern))
+    """Return the sequence-backbone and timm model names matching ``pattern`` (fnmatch-style, e.g. ``"resnet*"``)."""
+    return fnmatch.filter(SEQUENCE_BACKBONES.names(), pattern) + list(timm.list_models(pattern))
+
+
+def is_sequence_backbone(name: str) -> bool:
+    """True for the names of :mod:`selfsup.sequence` (``lstm``, ``gru``, ``seq_transformer``)."""
+    return name in SEQUENCE_BACKBONES
+
+
+def default_model_args(name: str, input_hw: tuple[int, int]) -> dict[str, Any]:
+    """Model arguments a backbone needs from the data: a sequence backbone's ``img_size`` (H, W)."""
+    return {"img_size": [int(v) for v in input_hw]} if is_sequence_backbone(name) else {}
 
 
 def _check_known(name: str) -> None:
@@ -32,10 +48,10 @@ def _check_known(name: str) -> None:
 
     Names with a source prefix (``hf-hub:...``, ``local-dir:...``) are left to timm.
     """
-    if ":" in name or timm.is_model(name):
+    if ":" in name or timm.is_model(name) or is_sequence_backbone(name):
         return
     arch = name.split(".", 1)[0]
-    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(arch, SEQUENCE_BACKBONES.names() + timm.list_models(), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see `selfsup list` for backbones"
     raise ConfigError(f"unknown backbone {name!r}{hint}")
 
@@ -83,14 +99,17 @@ def create_backbone(
     in_chans: int = 3,
     **model_args: Any,
 ) -> nn.Module:
-    """Create a headless timm encoder.
+    """Create a headless encoder: a timm model or a sequence backbone.
 
     Args:
-        name: A timm model name (``timm.list_models()``), optionally with a pretrained tag.
+        name: A timm model name (``timm.list_models()``), optionally with a pretrained tag, or
+            ``lstm`` / ``gru`` / ``seq_transformer`` (:mod:`selfsup.sequence`).
         small_stem: Use a 3x3 stride-1 stem conv and no max-pool (ResNet family, 32-px data).
         pretrained: Load timm's pretrained weights (needs network access or a local cache).
         in_chans: Number of input channels.
-        **model_args: Further keyword arguments for ``timm.create_model`` (e.g. ``drop_path_rate``).
+        **model_args: Further keyword arguments for ``timm.create_model`` (e.g. ``drop_path_rate``;
+            ``img_size=32, patch_size=4`` for a ViT on 32-px data) or for the sequence backbone
+            (``img_size`` is required there; e.g. ``hidden_size``, ``num_layers``, ``bidirectional``).
 
     Returns:
         A module mapping float ``[B, in_chans, H, W]`` to ``[B, num_features]``; it keeps timm's
@@ -101,14 +120,17 @@ def create_backbone(
         ConfigError: Unknown model name, unsupported ``small_stem``, or bad model arguments.
     """
     _check_known(name)
-    try:
-        model = timm.create_model(
-            name, num_classes=0, pretrained=pretrained, in_chans=in_chans, **model_args
-        )
-    except TypeError as exc:  # an unknown keyword reaches the model constructor
-        raise ConfigError(f"bad backbone arguments for {name} {sorted(model_args)}: {exc}") from exc
-    if small_stem:
-        apply_small_stem(model, name)
+    if is_sequence_backbone(name):
+        model = _create_sequence_backbone(name, small_stem, pretrained, in_chans, model_args)
+    else:
+        try:
+            model = timm.create_model(
+                name, num_classes=0, pretrained=pretrained, in_chans=in_chans, **model_args
+            )
+        except TypeError as exc:  # an unknown keyword reaches the model constructor
+            raise ConfigError(f"bad backbone arguments for {name} {sorted(model_args)}: {exc}") from exc
+        if small_stem:
+            apply_small_stem(model, name)
     model.selfsup_spec = {
         "name": name,
         "small_stem": bool(small_stem),
@@ -116,3 +138,16 @@ def create_backbone(
         "model_args": dict(model_args),
     }
     return model
+
+
+def _create_sequence_backbone(name: str, small_stem: bool, pretrained: bool, in_chans: int,
+                              model_args: dict[str, Any]) -> nn.Module:
+    """Build a :mod:`selfsup.sequence` model, turning bad settings into one-line ConfigErrors."""
+    if small_stem or pretrained:
+        raise ConfigError(f"backbone.small_stem and backbone.pretrained do not apply to the sequence backbone {name}")
+    if "img_size" not in model_args:
+        raise ConfigError(f"backbone {name} needs backbone.model_args.img_size (the input's H or [H, W])")
+    try:
+        return SEQUENCE_BACKBONES.get(name)(in_chans=in_chans, **model_args)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad backbone arguments for {name} {sorted(model_args)}: {exc}") from exc

@@ -7,6 +7,7 @@ file that would execute code on load is refused.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import warnings
@@ -26,9 +27,11 @@ def checkpoint_path(directory: Path, step: int) -> Path:
 
 
 def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write ``state`` atomically as the checkpoint of ``step``; keep only the newest ``keep``."""
+    """Write ``state`` atomically as the checkpoint of ``step``; keep only the newest ``keep`` (0: all)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(".step-*.pt.tmp"):  # left by a process killed while writing
+        stale.unlink(missing_ok=True)
     final = checkpoint_path(directory, step)
     tmp = final.with_name(f".{final.name}.tmp")
     with open(tmp, "wb") as handle:
@@ -36,9 +39,23 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, final)  # a reader sees the old set of files or the new one, never half a file
+    _fsync_dir(directory)  # the rename itself survives a power cut
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return final
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the data itself is already synced
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -49,16 +66,51 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
+def discard_after(directory: Path, step: int) -> list[Path]:
+    """Delete the checkpoints of steps after ``step``: a run restarting at ``step`` (afresh, from an
+    older checkpoint, or past a corrupt newer one) abandons them, and ``resume=auto`` must never
+    pick them up later. Returns the deleted paths."""
+    gone = [p for p in list_checkpoints(directory) if int(_NAME.match(p.name).group(1)) > step]
+    for path in gone:
+        path.unlink(missing_ok=True)
+    return gone
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``); anything else is a CheckpointError."""
+    """Load a checkpoint safely (``weights_only=True``); anything else is a one-line CheckpointError.
+
+    A file whose unpickling would import or call Python objects (code execution) is refused,
+    never executed; so is a truncated or corrupt file, or a file that is no selfsup checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types; all mean "unusable"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {reason}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a refused pickle, a truncated zip, bad magic, EOF, ...
+        if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+            found = _UNSAFE.search(str(err))
+            needs = f" (it needs {found.group(1) or 'pickle opcode ' + found.group(2)})" if found else ""
+            raise CheckpointError(f"checkpoint {path} refused: unpickling it could run arbitrary Python code{needs}; "
+                                  "selfsup loads only tensors and plain data (weights_only=True)") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_first_line(err)})") from None
+    missing = [key for key in ("step", "model", "optimizer", "rng") if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is no selfsup training checkpoint (it lacks {', '.join(missing)})")
+    return state
+
+
+_UNSAFE = re.compile(r"Unsupported global: GLOBAL (\S+)|Unsupported operand (\d+)")
+
+
+def _first_line(err: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first.split(". ")[0].rstrip(".")
 
 
 def latest_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | None:

@@ -1,13 +1,16 @@
-"""Command line: ``selfsup train | eval | export | bench | list`` (also ``python -m selfsup``).
+"""Command line: ``selfsup train | eval | export | bench | plot | list`` (also ``python -m selfsup``).
 
-User errors (bad keys, missing paths, unreadable data) print one line and exit with code 2;
-``--debug`` shows the traceback instead.
+User errors (bad keys, missing paths, unreadable data, unusable checkpoints) print one line and
+exit with code 2; a non-finite loss exits with 3, SIGTERM / SIGINT with 128 + signal after a
+checkpoint; ``--debug`` shows the traceback instead. selfsup's own warnings (skipped files,
+skipped checkpoints) are one line each.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from selfsup.errors import SelfsupError
@@ -18,7 +21,11 @@ EPILOG = """examples:
   selfsup train simclr-digits trainer.epochs=5 trainer.batch_size=128
   selfsup eval runs/simclr-digits --protocol linear
   selfsup export runs/simclr-digits --out exported/
+  selfsup plot runs/simclr-digits                 # PNG curves into runs/simclr-digits/plots/
   selfsup list
+
+exit codes: 0 done, 2 bad input (one line names it), 3 non-finite loss (the last good checkpoint
+is named), 128+N stopped by signal N after writing a checkpoint (rerun to resume).
 """
 
 
@@ -49,12 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
 
+    p = sub.add_parser("plot", help="PNG plots of a run's metrics (loss, lr, kNN, DINO teacher entropy)")
+    p.add_argument("run", help="run directory")
+
     sub.add_parser("list", help="methods, backbones, datasets and recipes")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        warnings.formatwarning = _one_line_warning
     try:
         return COMMANDS[args.command](args)
     except SelfsupError as err:
@@ -65,6 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
         return 130
+
+
+_DEFAULT_FORMAT = warnings.formatwarning
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """selfsup's warnings as ``selfsup: warning: ...``; other libraries' keep their format."""
+    if str(Path(filename).resolve()).startswith(_PACKAGE_DIR):
+        return f"selfsup: warning: {message}\n"
+    return _DEFAULT_FORMAT(message, category, filename, lineno, line)
 
 
 def _config(args):
@@ -117,12 +140,19 @@ def _export(args) -> int:
     return 0
 
 
+# Methods that run the backbone on inputs of another size than the training images. A backbone
+# built for one input geometry (a sequence model; a ViT without dynamic_img_size) cannot run them;
+# tests/test_baselines.py checks this claim against every registered method.
+MULTI_SIZE_METHODS = {"dino": "local crops; method.num_local_crops=0 lifts it", "jigsaw": "3x3 tiles"}
+
+
 def _list(args) -> int:
     import timm
 
     from selfsup.config import RECIPES_DIR
     from selfsup.data import DATASETS
     from selfsup.methods import METHODS
+    from selfsup.sequence import SEQUENCE_BACKBONES
 
     print("methods:")
     for name in METHODS.names():
@@ -132,13 +162,37 @@ def _list(args) -> int:
     print(f"backbones:\n  any timm model ({len(timm.list_models())} names; `python -c \"import timm; "
           "print(timm.list_models('resnet*'))\"`), e.g. resnet18, resnet50, vit_small_patch16_224; "
           "backbone.small_stem=true for 32-px data (ResNet family)")
+    print(f"  sequence models: {', '.join(SEQUENCE_BACKBONES.names())} (read rows or patches; backbone.model_args="
+          "{hidden_size: 128, num_layers: 2, bidirectional: true} or {embed_dim: 128, depth: 4, positions: learned})")
+    _list_compatibility(METHODS.names())
     print("recipes:")
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
         print(f"  {path.stem}")
     return 0
 
 
-COMMANDS = {"train": _train, "bench": _bench, "eval": _eval, "export": _export, "list": _list}
+def _plot(args) -> int:
+    from selfsup.plots import plot_run
+
+    for path in plot_run(args.run):
+        print(path)
+    return 0
+
+
+def _list_compatibility(methods: list[str]) -> None:
+    """Which backbone family works with which method and data."""
+    fixed = [m for m in methods if m in MULTI_SIZE_METHODS]
+    notes = "; ".join(f"{m}: {why}" for m, why in MULTI_SIZE_METHODS.items() if m in fixed)
+    print("backbone x method:")
+    print("  CNNs (timm)                  every method")
+    print(f"  ViT (timm)                   every method; {', '.join(fixed)} need backbone.model_args="
+          "{dynamic_img_size: true, dynamic_img_pad: true} (positions interpolated to each input size)")
+    print(f"  lstm, gru, seq_transformer   every method except {', '.join(fixed)} ({notes})")
+    print("  data.name=sequence           method supervised only (float N x T x D data get no augmentation); "
+          "variable lengths need a sequence backbone")
+
+
+COMMANDS = {"train": _train, "bench": _bench, "eval": _eval, "export": _export, "plot": _plot, "list": _list}
 
 if __name__ == "__main__":
     sys.exit(main())

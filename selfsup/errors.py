@@ -1,8 +1,9 @@
 """User-facing errors.
 
 Anything a user can cause (a bad config key, a missing path, an unreadable dataset) raises a
-subclass of :class:`SelfsupError`. The CLI prints its message as one line and exits with code 2;
-``--debug`` shows the traceback. Programming errors stay ordinary exceptions.
+subclass of :class:`SelfsupError`. The CLI prints its message as one line and exits with code 2
+(3 for a non-finite loss, 128 + signal after SIGTERM / SIGINT); ``--debug`` shows the traceback.
+Programming errors stay ordinary exceptions.
 """
 
 
@@ -28,3 +29,10 @@ class TrainingInterrupted(SelfsupError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class NonFiniteError(SelfsupError):
+    """A NaN/inf loss or gradient stopped training; the message names the step and the last good
+    checkpoint (which never holds the non-finite weights). The exit code is 3."""
+
+    exit_code = 3

@@ -7,14 +7,15 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from selfsup.backbones import create_backbone
-from selfsup.config import Config, config_to_dict, save_config
+from selfsup.backbones import create_backbone, default_model_args, is_sequence_backbone
+from selfsup.config import Config, config_to_dict, save_config, validate_config, validate_paths
 from selfsup.data import ImageDataset, load_dataset
 from selfsup.errors import ConfigError
 from selfsup.evaluation.protocols import evaluate, format_table
 from selfsup.export import export_encoder
-from selfsup.methods import create_method
+from selfsup.methods import METHODS, create_method
 from selfsup.methods.base import Method
+from selfsup.summary import finish_run
 from selfsup.trainer import Trainer
 
 
@@ -27,16 +28,31 @@ def load_split(cfg: Config, split: str) -> ImageDataset:
     d = cfg.data
     return load_dataset(d.name, split, root=d.root, train_path=d.train, val_path=d.val, image_size=d.image_size,
                         download=d.download, cache_dir=d.cache_dir, num_samples=d.num_samples,
-                        num_classes=d.num_classes, seed=cfg.trainer.seed)
+                        num_classes=d.num_classes, seed=cfg.trainer.seed, on_bad_file=d.on_bad_file)
 
 
 def build_method(cfg: Config, data: ImageDataset) -> Method:
     """The method around a freshly initialised backbone (initialisation seeded by ``trainer.seed``)."""
+    _check_non_image_data(cfg, data)
     torch.manual_seed(cfg.trainer.seed)
     channels, size = data.images.shape[1], data.images.shape[-1]
+    model_args = {**default_model_args(cfg.backbone.name, tuple(data.images.shape[-2:])), **cfg.backbone.model_args}
     backbone = create_backbone(cfg.backbone.name, small_stem=cfg.backbone.small_stem,
-                               pretrained=cfg.backbone.pretrained, in_chans=channels)
+                               pretrained=cfg.backbone.pretrained, in_chans=channels, **model_args)
     return create_method(cfg.method, backbone, image_size=size, num_classes=len(data.classes))
+
+
+def _check_non_image_data(cfg: Config, data: ImageDataset) -> None:
+    """Float data (sequences) are never augmented, so only label-trained methods make sense on them;
+    NaN padding (variable lengths) needs a backbone that reads it as lengths."""
+    if not data.images.is_floating_point():
+        return
+    if not METHODS.get(cfg.method.name).uses_labels:
+        raise ConfigError(f"data.name={cfg.data.name} holds non-image data, which gets no augmentation: "
+                          f"method.name={cfg.method.name} cannot learn from it; use method.name=supervised")
+    if not is_sequence_backbone(cfg.backbone.name) and bool(torch.isnan(data.images).any()):
+        raise ConfigError(f"variable-length sequences (padding) need a sequence backbone (lstm, gru, seq_transformer), "
+                          f"not backbone.name={cfg.backbone.name}")
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -46,16 +62,19 @@ def make_accelerator(cfg: Config) -> Accelerator:
 
 
 def train(cfg: Config) -> dict:
-    """Train, export ``encoder/``, evaluate; returns the evaluation results (empty if disabled)."""
-    acc = make_accelerator(cfg)
+    """Train, export ``encoder/``, evaluate, plot, summarise; returns the evaluation results (empty if disabled)."""
     run_dir = run_dir_of(cfg)
+    validate_config(cfg)  # again: a Config built in Python skipped the checks of loading
+    validate_paths(cfg, run_dir)  # before anything is decoded or trained
+    acc = make_accelerator(cfg)
     with acc.main_process_first():  # rank 0 decodes and caches; the others read its cache
         train_data = load_split(cfg, "train")
     method = build_method(cfg, train_data)
+    trainer = Trainer(cfg, method, train_data, run_dir, acc)
+    trainer.resume()  # an incompatible checkpoint is refused before the run directory changes
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    trainer = Trainer(cfg, method, train_data, run_dir, acc)
     acc.print(f"run directory: {run_dir}  |  {trainer.total_steps} steps of {cfg.trainer.batch_size} images "
               f"({trainer.micro_batch} per process x {acc.num_processes} processes x {cfg.trainer.grad_accum} accumulation), "
               f"peak lr {trainer.schedules['lr'].max():.4g}")
@@ -63,19 +82,21 @@ def train(cfg: Config) -> dict:
     results: dict = {}
     if acc.is_main_process:
         encoder = trainer.method.encoder
-        size = train_data.images.shape[-1]
         export_encoder(encoder, run_dir / "encoder", mean=train_data.mean, std=train_data.std,
-                       input_size=(train_data.images.shape[1], size, size), method=cfg.method.name,
+                       input_size=tuple(train_data.images.shape[1:]), method=cfg.method.name,
                        recipe=config_to_dict(cfg))
         if cfg.eval.at_end:
-            results = _evaluate_run(cfg, encoder, train_data, run_dir, acc.device)
+            classifier = trainer.method if hasattr(trainer.method, "classify") else None
+            results = _evaluate_run(cfg, encoder, train_data, run_dir, acc.device, classifier)
+        print(finish_run(run_dir, cfg, total_steps=trainer.total_steps, results=results))
     acc.wait_for_everyone()
     return results
 
 
-def _evaluate_run(cfg: Config, encoder, train_data: ImageDataset, run_dir: Path, device) -> dict:
+def _evaluate_run(cfg: Config, encoder, train_data: ImageDataset, run_dir: Path, device, classifier=None) -> dict:
+    """kNN / linear probe on ``encoder`` (plus ``classifier``'s own head, if any); writes eval.json."""
     val_data = load_split(cfg, "val")
-    results = evaluate(encoder, train_data, val_data, cfg.eval, device=device)
+    results = evaluate(encoder, train_data, val_data, cfg.eval, device=device, classifier=classifier)
     (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     rows = {f"{cfg.method.name} (pretrained)": results}
     if cfg.eval.random_baseline:

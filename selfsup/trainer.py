@@ -2,13 +2,13 @@
 
 Read top to bottom: build schedules, resume, then per step slice a batch, make views on the
 device, run the method, step the optimizer, update EMA/queues/centres, log, checkpoint.
-Host synchronisation happens only at log and checkpoint steps.
+Host synchronisation happens only at log and checkpoint steps (and once per step with
+``trainer.nonfinite=skip``; see :mod:`selfsup.guard`).
 """
 from __future__ import annotations
 
-import json
+import re
 import signal
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,15 +17,18 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from selfsup.augment import ViewMaker
-from selfsup.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from selfsup.config import Config, config_to_dict
+from selfsup.checkpoint import (discard_after, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                                set_rng_state)
+from selfsup.config import Config, config_to_dict, validate_run
 from selfsup.data import ImageDataset
-from selfsup.errors import CheckpointError, ConfigError, SelfsupError, TrainingInterrupted
+from selfsup.errors import CheckpointError, NonFiniteError, TrainingInterrupted
+from selfsup.guard import NonFiniteGuard
 from selfsup.methods.base import Method
+from selfsup.metrics import MetricsLog, Window
 from selfsup.optim import create_optimizer
+from selfsup.progress import progress_bar
 from selfsup.schedules import scaled_lr, warmup_cosine
 
 
@@ -61,20 +64,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, method: Method, data: ImageDataset, run_dir: Path, accelerator: Accelerator):
         self.cfg, self.tc, self.data, self.run_dir, self.acc = cfg, cfg.trainer, data, Path(run_dir), accelerator
-        world, accum = accelerator.num_processes, self.tc.grad_accum
-        if self.tc.batch_size % (world * accum):
-            raise ConfigError(
-                f"trainer.batch_size={self.tc.batch_size} is not divisible by processes x trainer.grad_accum = {world} x {accum}"
-            )
-        self.micro_batch = self.tc.batch_size // (world * accum)
-        if self.micro_batch < method.min_batch_size:
-            raise ConfigError(
-                f"trainer.batch_size={self.tc.batch_size} gives {self.micro_batch} images per process and step; "
-                f"{method.cfg.name} needs at least {method.min_batch_size}"
-            )
+        self.micro_batch = validate_run(cfg, num_images=len(data), image_hw=tuple(data.images.shape[-2:]),
+                                        processes=accelerator.num_processes, min_batch_size=method.min_batch_size)
         self.sampler = EpochSampler(len(data), self.tc.batch_size, self.tc.seed)
-        if self.sampler.steps_per_epoch == 0:
-            raise ConfigError(f"trainer.batch_size={self.tc.batch_size} is larger than the dataset ({len(data)} images)")
         self.total_steps = self.tc.epochs * self.sampler.steps_per_epoch
         self.end_step = min(self.total_steps, self.tc.max_steps) if self.tc.max_steps else self.total_steps
         self.view_maker = ViewMaker(method.views, data.mean, data.std)
@@ -87,7 +79,11 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(method, self.optimizer)
         self.method: Method = accelerator.unwrap_model(self.model)
         self.generator = torch.Generator(device=accelerator.device)
-        self.step = 0
+        self.guard = NonFiniteGuard(self.tc.nonfinite, self.method, accelerator.device,
+                                    check_grads=accelerator.scaler is None,
+                                    gather=accelerator.gather if accelerator.num_processes > 1 else None)
+        self.step, self.resumed = 0, False
+        self.elapsed = 0.0  # seconds spent in the training loop, over all attempts (checkpointed)
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -108,8 +104,8 @@ class Trainer:
         return {name: float(array[step]) for name, array in self.schedules.items()}
 
     def resume(self) -> None:
-        """Continue from a checkpoint: ``resume=auto`` (newest in the run), ``never``, or a path."""
-        mode = self.cfg.resume
+        """Continue from a checkpoint: ``resume=auto`` (newest loadable in the run), ``never``, or a path."""
+        mode, self.resumed = self.cfg.resume, True
         if mode == "never":
             return
         if mode == "auto":
@@ -120,12 +116,18 @@ class Trainer:
         else:
             path, state = Path(mode), load_checkpoint(Path(mode))
         self._check_compatible(path, state.get("meta", {}))
-        self.method.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.method.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:  # shapes or keys differ: another architecture
+            raise CheckpointError(f"checkpoint {path} does not fit this run's model ({_mismatch(err)}); "
+                                  f"start afresh with resume=never or another run.dir") from None
         if self.acc.scaler is not None and state.get("scaler"):
             self.acc.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed_s", 0.0))
+        self.guard.skipped = int(state.get("skipped_steps", 0))
         self.acc.print(f"resumed from {path} at step {self.step}")
 
     def _check_compatible(self, path: Path, meta: dict) -> None:
@@ -141,57 +143,50 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def fit(self) -> None:
-        self.resume()
+        if not self.resumed:
+            self.resume()
         if self.step >= self.end_step:
             self.acc.print(f"training already finished at step {self.step}")
             return
+        if self.acc.is_main_process:  # what an abandoned attempt wrote after this step goes
+            for path in discard_after(self.run_dir / "checkpoints", self.step):
+                self.acc.print(f"removed {path}: it is newer than step {self.step}, where this run starts")
+        self.log = MetricsLog(self.run_dir, start_step=self.step, tensorboard=self.cfg.run.tensorboard,
+                              enabled=self.acc.is_main_process)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._loop()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self.log.close()
 
     def _on_signal(self, signum: int, frame) -> None:
         self._stop_signal = signum  # finish the current step, checkpoint, exit
 
     def _loop(self) -> None:
-        tc, acc = self.tc, self.acc
+        tc = self.tc
         self.model.train()
-        bar = tqdm(total=self.end_step, initial=self.step, disable=not acc.is_main_process, dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="train")
-        loss_sum, nonfinite = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
-        logs_sum: dict[str, torch.Tensor] = {}
-        window_start, window_steps = time.perf_counter(), 0
-        while self.step < self.end_step:
-            out = self._train_step(self.step)
-            loss_sum += out["loss"]
-            nonfinite += (~torch.isfinite(out["loss"])).float()
-            for key, value in out.items():
-                if key != "loss":
-                    logs_sum[key] = logs_sum.get(key, 0) + value
-            self.step += 1
-            window_steps += 1
-            bar.update(1)
-            last = self.step == self.end_step or self._stop_signal is not None
-            if self.step % tc.log_every == 0 or last:
-                if nonfinite.item():
-                    self._stop_nonfinite()
-                elapsed = time.perf_counter() - window_start
-                row = self._log_row(loss_sum / window_steps, {k: v / window_steps for k, v in logs_sum.items()},
-                                    window_steps * tc.batch_size / elapsed)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.3g}", img_s=f"{row['images_per_s']:.0f}")
-                loss_sum.zero_(), logs_sum.clear()
-                window_start, window_steps = time.perf_counter(), 0
-            if self.step % tc.checkpoint_every == 0 or last:
-                if nonfinite.item():
-                    self._stop_nonfinite()
-                self.save()
-            if self._stop_signal is not None:
-                bar.close()
-                raise TrainingInterrupted(f"stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; "
-                                          f"checkpoint saved, rerun the same command to resume", self._stop_signal)
-        bar.close()
+        bar = progress_bar(total=self.end_step, initial=self.step, desc="train", unit="step",
+                           disable=not self.acc.is_main_process)
+        window, self._clock = Window(), time.perf_counter()
+        with bar:
+            while self.step < self.end_step:
+                window.add(self._train_step(self.step))
+                self.step += 1
+                bar.update(1)
+                last = self.step == self.end_step or self._stop_signal is not None
+                if self.step % tc.log_every == 0 or last:
+                    self._check_finite()
+                    row = self._log_row(*window.flush())
+                    bar.set_postfix(loss=f"{row['loss']:.4f}" if row["loss"] is not None else "skipped",
+                                    lr=f"{row['lr']:.3g}", img_s=f"{row['images_per_s']:.0f}")
+                if self.step % tc.checkpoint_every == 0 or last:
+                    self._check_finite()  # a checkpoint never holds the weights of a non-finite step
+                    self.save()
+                if self._stop_signal is not None:
+                    raise TrainingInterrupted(f"stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; "
+                                              f"checkpoint saved, rerun the same command to resume", self._stop_signal)
 
     def _train_step(self, step: int) -> dict[str, torch.Tensor]:
         return self.optimize(step, self.make_batches(step))
@@ -210,12 +205,14 @@ class Trainer:
             yield views, self.labels[chunk]
 
     def optimize(self, step: int, batches: Iterable[tuple[list[torch.Tensor], torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns the detached mean outputs."""
+        """One optimizer step over ``grad_accum`` micro-batches; returns the detached mean outputs
+        (empty when ``trainer.nonfinite=skip`` dropped the step)."""
         acc, tc = self.acc, self.tc
         values = self.values(step)
         for group in self.optimizer.param_groups:
             group["lr"] = values["lr"]
             group["weight_decay"] = values["weight_decay"] * group["wd_scale"]
+        self.guard.begin_step()
         outputs: dict[str, torch.Tensor] = {}
         for micro, (views, labels) in enumerate(batches):
             final = micro == tc.grad_accum - 1
@@ -225,8 +222,10 @@ class Trainer:
             for key, value in out.items():
                 outputs[key] = outputs.get(key, 0) + value.detach().float() / tc.grad_accum
         self.method.on_after_backward(values)
-        if tc.grad_clip:
-            acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        norm = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip else None
+        if not self.guard.accept(step + 1, outputs["loss"], self.model.parameters(), norm):
+            self.optimizer.zero_grad(set_to_none=True)  # skipped: no optimizer step, no EMA/queue/centre update
+            return {}
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.method.on_step_end(values)
@@ -234,17 +233,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ outputs
 
-    def _log_row(self, loss: torch.Tensor, logs: dict[str, torch.Tensor], images_per_s: float) -> dict:
-        values = self.values(self.step - 1)
-        row = {"step": self.step, "epoch": self.step / self.sampler.steps_per_epoch, "loss": loss.item(),
-               **{k: float(v) for k, v in logs.items()}, **values, "images_per_s": images_per_s}
-        if self.acc.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(row) + "\n")
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.elapsed, self._clock = self.elapsed + now - self._clock, now
+
+    def _log_row(self, means: dict[str, float | None], steps: int, seconds: float) -> dict:
+        self._tick()
+        row = {"step": self.step, "epoch": self.step / self.sampler.steps_per_epoch, **means,
+               **self.values(self.step - 1), "images_per_s": steps * self.tc.batch_size / max(seconds, 1e-9),
+               "time_s": round(self.elapsed, 3)}
+        if self.tc.nonfinite == "skip":
+            row["skipped_steps"] = self.guard.skipped
+        self.log.write(row)
         return row
 
     def save(self) -> Path | None:
         """Checkpoint the whole training state (rank 0 writes; every rank waits for it)."""
+        self._tick()
         self.acc.wait_for_everyone()
         path = None
         if self.acc.is_main_process:
@@ -254,6 +259,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
                 "rng": rng_state(),
+                "elapsed_s": self.elapsed,
+                "skipped_steps": self.guard.skipped,
                 "meta": {"method": self.cfg.method.name, "backbone": self.cfg.backbone.name,
                          "small_stem": self.cfg.backbone.small_stem, "total_steps": self.total_steps,
                          "batch_size": self.tc.batch_size, "config": config_to_dict(self.cfg)},
@@ -262,7 +269,29 @@ class Trainer:
         self.acc.wait_for_everyone()
         return path
 
-    def _stop_nonfinite(self) -> None:
+    def _check_finite(self) -> None:
+        """Stop with the step, its learning rate and the last good checkpoint if a step went non-finite."""
+        bad = self.guard.first_bad_step()
+        if bad is None and not self.guard.hopeless:
+            return
         found = latest_checkpoint(self.run_dir / "checkpoints")
-        last = f"last good checkpoint: {found[0]}" if found else "no checkpoint was written yet"
-        raise SelfsupError(f"non-finite loss before step {self.step} (lr {self.values(self.step - 1)['lr']:.3g}); {last}")
+        last = f"last good checkpoint: {found[0]} (rerun to resume from it" if found else \
+            "no checkpoint was written yet (rerun to start afresh"
+        hint = "; a lower trainer.lr or trainer.nonfinite=skip may help)"
+        if bad is not None:
+            raise NonFiniteError(f"non-finite loss or gradient at step {bad} (lr {self.values(bad - 1)['lr']:.3g}); "
+                                 f"{last}{hint}")
+        raise NonFiniteError(f"{self.guard.consecutive} steps in a row had a non-finite loss or gradient "
+                             f"(steps {self.step - self.guard.consecutive + 1}-{self.step}, all skipped); {last}{hint}")
+
+
+def _mismatch(err: BaseException) -> str:
+    """The first informative line of a ``load_state_dict`` error."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+    first = (useful or lines or [type(err).__name__])[0]
+    shapes = re.match(r"size mismatch for (\S+): copying a param with shape torch.Size\((.*)\) from checkpoint, "
+                      r"the shape in current model is torch.Size\((.*)\)", first)
+    if shapes:
+        first = f"{shapes[1]} is {shapes[2]} in the checkpoint, {shapes[3]} here"
+    return first[:300]

@@ -253,7 +253,7 @@ def test_viewmaker_multicrop_and_one_channel():
 def test_viewmaker_rejects_bad_input():
     vm = A.ViewMaker([(A.AugmentSpec.simclr(8), 2)], MEAN, STD)
     with pytest.raises(ValueError, match="uint8"):
-        vm(torch.rand(2, 3, 8, 8), _gen(0))
+        vm(torch.rand(2, 3, 8, 8, dtype=torch.float64), _gen(0))  # float32 = non-image data, passed through
     with pytest.raises(ValueError, match="channels"):
         vm(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), _gen(0))
     with pytest.raises(ConfigError):

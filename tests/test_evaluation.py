@@ -300,7 +300,7 @@ def test_extract_features_restores_mode_on_error_and_checks_input():
     assert broken.training
     net = tiny_net()
     with pytest.raises(DataError):
-        extract_features(net, images.float(), MEAN, STD, progress=False)
+        extract_features(net, images.double(), MEAN, STD, progress=False)  # float32 = non-image data, accepted
     with pytest.raises(DataError):
         extract_features(net, images, (0.5, 0.5), STD, progress=False)
     with pytest.raises(DataError):

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from selfsup.backbones import create_backbone
@@ -210,3 +212,28 @@ def test_jigsaw_loss_matches_a_per_puzzle_reference():
 def test_jigsaw_rejects_a_tile_larger_than_its_cell():
     with pytest.raises(ConfigError, match="tile_size"):
         build("jigsaw", size=16, tile_size=6, num_permutations=10)
+
+
+def _puzzle_worker(rank: int, world: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world)
+    try:
+        method = build("jigsaw", size=30, num_permutations=10, head_hidden_dim=16)
+        crops = torch.randn(8, 3, 30, 30, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(5)  # the run seeds every rank alike
+        puzzles, target = method.make_puzzles(crops[rank * 4 : (rank + 1) * 4])
+        torch.save((puzzles, target), f"{tmp}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_draw_the_puzzles_of_one_process_on_the_global_batch(tmp_path):
+    # fork: the children inherit the imported modules (spawn would re-import torch and timm)
+    mp.start_processes(_puzzle_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    (p0, t0), (p1, t1) = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    method = build("jigsaw", size=30, num_permutations=10, head_hidden_dim=16)
+    crops = torch.randn(8, 3, 30, 30, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)
+    puzzles, target = method.make_puzzles(crops)
+    assert torch.equal(torch.cat([t0, t1]), target) and torch.equal(torch.cat([p0, p1]), puzzles)
+    assert not torch.equal(t0, t1)  # the ranks' draws differ

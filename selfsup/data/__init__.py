@@ -13,6 +13,7 @@ from selfsup.data.datasets import (
     register_dataset,
     resize_uint8,
 )
+from selfsup.data import sequence as _sequence  # noqa: F401  (registers data.name=sequence)
 
 __all__ = [
     "DATASETS",

@@ -6,7 +6,8 @@ live on the GPU). Augmentation happens later, batched, on the device.
 
 Registered datasets (see :data:`DATASETS`): ``digits`` (scikit-learn's bundled 8x8 digits),
 ``synthetic`` (generated, for tests), ``imagefolder`` (a folder of class sub-folders, decoded
-once and cached), and ``cifar10`` / ``cifar100`` / ``stl10`` through ``torchvision.datasets``.
+once and cached), ``cifar10`` / ``cifar100`` / ``stl10`` through ``torchvision.datasets``, and
+``sequence`` (float sequences ``[N, T, D]`` from a file; :mod:`selfsup.data.sequence`).
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ class ImageDataset:
     """One split of a dataset, wholly in memory.
 
     Attributes:
-        images: uint8 ``[N, C, H, W]``, ``C`` in {1, 3}, contiguous, on the CPU.
+        images: uint8 ``[N, C, H, W]``, ``C`` in {1, 3}, contiguous, on the CPU; or float32 for
+            data that are not images (``sequence``: ``[N, D, T, 1]``, NaN = padding), which is
+            normalised but never augmented.
         labels: int64 ``[N]``; class indices into ``classes`` (for evaluation only).
         classes: class names; ``classes[labels[i]]`` names sample ``i``.
-        mean: per-channel mean of ``images / 255`` over this split (length ``C``).
+        mean: per-channel mean of ``images / 255`` (float images: of ``images``) over this split (length ``C``).
         std: per-channel standard deviation of ``images / 255`` over this split (length ``C``).
     """
 
@@ -60,6 +63,11 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     Returns:
         ``(mean, std)``, each a tuple of ``C`` floats (population std).
     """
+    if images.is_floating_point():  # non-image data (sequences): the values as they are, NaN = padding
+        flat = images.transpose(0, 1).reshape(images.shape[1], -1).double()
+        mean_t = flat.nanmean(dim=1)
+        std_t = (flat - mean_t[:, None]).pow(2).nanmean(dim=1).sqrt()
+        return tuple(mean_t.tolist()), tuple(std_t.tolist())
     values = torch.arange(256, dtype=torch.float64) / 255.0
     means, stds = [], []
     for c in range(images.shape[1]):
@@ -140,6 +148,7 @@ def load_dataset(
     num_samples: int | None = None,
     num_classes: int | None = None,
     seed: int = 0,
+    on_bad_file: str = "skip",
 ) -> ImageDataset:
     """Load one split of a registered dataset as an :class:`ImageDataset`.
 
@@ -156,6 +165,8 @@ def load_dataset(
         num_samples: ``synthetic``: samples per split; others: a random subset of this size.
         num_classes: ``synthetic`` only.
         seed: ``synthetic`` content and the ``num_samples`` subset; fixed splits ignore it.
+        on_bad_file: ``imagefolder``: ``"skip"`` unreadable files (one warning naming them) or
+            ``"error"`` (``data.on_bad_file``).
     Returns:
         The split; ``images`` uint8 ``[N, C, H, W]``, ``labels`` int64 ``[N]``.
     Raises:
@@ -174,6 +185,7 @@ def load_dataset(
         num_samples=num_samples,
         num_classes=num_classes,
         seed=seed,
+        on_bad_file=on_bad_file,
     )
     if num_samples is not None and name != "synthetic" and num_samples < len(ds):
         ds = subset(ds, num_samples, seed)
@@ -196,8 +208,8 @@ def _check_options(
         raise DataError(f"unknown data.name={name!r}: {hint}valid names: {', '.join(sorted(DATASETS))}")
     if split not in SPLITS + ("unlabeled",):
         raise DataError(f"unknown split {split!r} for {name!r}: use 'train' or 'val' (stl10: 'unlabeled')")
-    if name != "imagefolder" and (train_path is not None or val_path is not None):
-        raise DataError(f"data.train / data.val apply only to data.name=imagefolder, not {name!r}")
+    if name not in ("imagefolder", "sequence") and (train_path is not None or val_path is not None):
+        raise DataError(f"data.train / data.val apply only to data.name=imagefolder or sequence, not {name!r}")
     if name != "synthetic" and num_classes is not None:
         raise DataError(f"data.num_classes applies only to data.name=synthetic, not {name!r}")
     if num_samples is not None and num_samples < 1:
@@ -298,6 +310,7 @@ def load_imagefolder_dataset(
     val_path: str | None = None,
     image_size: int | None = None,
     cache_dir: Path,
+    on_bad_file: str = "skip",
     **_: object,
 ) -> ImageDataset:
     """A folder of class sub-folders (``data.train`` / ``data.val``); see :mod:`.imagefolder`."""
@@ -314,7 +327,7 @@ def load_imagefolder_dataset(
             f"{key} is not set: data.name=imagefolder needs data.train=PATH and data.val=PATH "
             "(folders of class sub-folders)"
         )
-    return load_imagefolder(path, image_size=image_size, cache_dir=cache_dir, setting=key)
+    return load_imagefolder(path, image_size=image_size, cache_dir=cache_dir, setting=key, on_bad_file=on_bad_file)
 
 
 _TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "stl10": "STL10"}

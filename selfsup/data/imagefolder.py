@@ -7,6 +7,13 @@ the decoded split is saved under ``<cache_dir>/imagefolder`` as a ``.npy`` (the 
 plus a ``.json`` (labels, stats, skipped files), both named by a hash of the folder's absolute
 path, its file list, sizes and mtimes, and the image size. A second load is one ``stat`` per
 file and one array read (CIFAR-10 train: about 0.5 s); any change to the files re-decodes.
+
+Bad data: greyscale, palette, RGBA/LA, CMYK, bilevel, 16-bit and float images are converted to
+8-bit RGB (16-bit values scaled, not clipped). Files that cannot be decoded (zero bytes,
+truncated, corrupt, not images despite their extension) and empty class folders are reported
+in ONE warning that counts and names them (the files are skipped; an empty class keeps its
+label index, so train and val labels still agree), or raise :class:`DataError` with
+``on_bad_file="error"`` (``data.on_bad_file``). A split with no readable image is an error.
 """
 
 from __future__ import annotations
@@ -23,14 +30,14 @@ from typing import IO, Callable
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
+from PIL import Image, UnidentifiedImageError
 
 from selfsup.data.datasets import ImageDataset, channel_stats, make_dataset
 from selfsup.errors import DataError
+from selfsup.progress import progress_bar
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: skipped files carry their reason
 _OK, _UNREADABLE, _WRONG_SIZE = 0, 1, 2
 
 
@@ -40,6 +47,7 @@ def load_imagefolder(
     image_size: int | None = None,
     cache_dir: str | os.PathLike[str],
     setting: str = "data.train",
+    on_bad_file: str = "skip",
 ) -> ImageDataset:
     """Load an ImageFolder split as RGB uint8 ``[N, 3, H, W]``, using the on-disk cache.
 
@@ -49,15 +57,17 @@ def load_imagefolder(
             all images must already share one size.
         cache_dir: the cache lives in ``<cache_dir>/imagefolder``.
         setting: the config key that named ``path``, for error messages.
+        on_bad_file: ``"skip"`` unreadable files and empty class folders with one warning, or
+            ``"error"``: raise naming them.
     Returns:
         :class:`ImageDataset` with ``images`` uint8 ``[N, 3, H, W]``, ``labels`` int64 ``[N]``.
     Raises:
         DataError: missing folder, no class folders, no images, mixed sizes without
-            ``image_size``, or no readable image at all. Unreadable files are skipped with
-            one warning.
+            ``image_size``, no readable image at all, or (``on_bad_file="error"``) any
+            unreadable file or empty class folder.
     """
     root = Path(path).expanduser().resolve()
-    classes, files, labels, stats = scan_folder(root, setting)
+    classes, files, labels, stats, empty = scan_folder(root, setting)
     key = cache_key(root, files, stats, image_size)
     prefix = f"{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}-s{image_size or 'orig'}"
     cache_base = Path(cache_dir).expanduser() / "imagefolder" / f"{prefix}-{key[:24]}"
@@ -68,20 +78,41 @@ def load_imagefolder(
         _write_cache(cache_base, prefix, images, meta)
     else:
         images, meta = cached
-    if meta["skipped"]:
-        skipped = meta["skipped"]
-        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        warnings.warn(f"{setting}={root}: skipped {len(skipped)} unreadable image(s): {shown}", stacklevel=3)
+    report_bad_files(f"{setting}={root}", meta["skipped"], empty, on_bad_file)
     labels_t = torch.tensor(meta["labels"], dtype=torch.int64)
     return make_dataset(torch.from_numpy(images), labels_t, classes, tuple(meta["stats"]))
 
 
-def scan_folder(root: Path, setting: str) -> tuple[list[str], list[str], np.ndarray, list[tuple[int, int]]]:
+def report_bad_files(where: str, skipped: list[list[str]], empty: list[str], on_bad_file: str) -> None:
+    """One warning (or, with ``on_bad_file="error"``, one DataError) counting and naming the
+    unreadable files (``[path, reason]`` pairs) and the empty class folders."""
+    if not skipped and not empty:
+        return
+    parts = []
+    if skipped:
+        parts.append(f"{len(skipped)} unreadable image(s): " + _first([f"{f} ({why})" for f, why in skipped]))
+    if empty:
+        parts.append(f"{len(empty)} empty class folder(s), kept as classes without images: " + _first(empty))
+    if on_bad_file == "error":
+        raise DataError(f"{where}: {'; '.join(parts)} (data.on_bad_file=skip skips them with a warning)")
+    warnings.warn(f"{where}: skipped {'; '.join(parts)}", stacklevel=3)
+
+
+def _first(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def scan_folder(
+    root: Path, setting: str
+) -> tuple[list[str], list[str], np.ndarray, list[tuple[int, int]], list[str]]:
     """List a split's images.
 
     Returns:
-        ``(classes, files, labels, stats)``: sorted class names; image paths relative to
-        ``root`` (sorted per class); int64 ``[N]`` labels; ``(size, mtime_ns)`` per file.
+        ``(classes, files, labels, stats, empty)``: sorted class names; image paths relative to
+        ``root`` (sorted per class); int64 ``[N]`` labels; ``(size, mtime_ns)`` per file; the
+        class folders holding no image file.
+    Raises:
+        DataError: ``root`` is missing, not a folder, has no class folders or no image at all.
     """
     if not root.exists():
         raise DataError(f"{setting}={root} does not exist: point it at a folder of class sub-folders")
@@ -93,16 +124,18 @@ def scan_folder(root: Path, setting: str) -> tuple[list[str], list[str], np.ndar
     files: list[str] = []
     labels: list[int] = []
     stats: list[tuple[int, int]] = []
+    empty: list[str] = []
     for index, name in enumerate(classes):
         before = len(files)
         _walk(root / name, name + os.sep, files, stats)
         if len(files) == before:
-            raise DataError(
-                f"{setting}={root}: class folder {name!r} holds no images ({', '.join(IMG_EXTENSIONS)}); "
-                "remove it or add images"
-            )
+            empty.append(name)
         labels.extend([index] * (len(files) - before))
-    return classes, files, np.asarray(labels, dtype=np.int64), stats
+    if not files:
+        shown = _first([repr(name) for name in classes])
+        raise DataError(f"{setting}={root} holds no images: its class folder(s) {shown} hold no "
+                        f"{', '.join(IMG_EXTENSIONS)} files")
+    return classes, files, np.asarray(labels, dtype=np.int64), stats, empty
 
 
 def _walk(folder: Path, rel: str, files: list[str], stats: list[tuple[int, int]]) -> None:
@@ -129,16 +162,16 @@ def cache_key(root: Path, files: list[str], stats: list[tuple[int, int]], image_
 def decode_image(path: str, image_size: int | None) -> np.ndarray:
     """Decode one file to RGB uint8 ``[H, W, 3]`` (``[S, S, 3]`` when ``image_size=S``).
 
-    Palette/greyscale/alpha images are converted to RGB (alpha dropped, as torchvision's
-    loader does). With ``image_size``, JPEGs decode at reduced scale when possible
-    (``Image.draft``), then the shorter side is resized (bilinear) and the centre cropped.
+    Every mode becomes 8-bit RGB (:func:`to_rgb`). With ``image_size``, JPEGs decode at reduced
+    scale when possible (``Image.draft``), then the shorter side is resized (bilinear) and the
+    centre cropped. Raises ``OSError`` / ``ValueError`` for files that cannot be decoded.
     """
+    if os.path.getsize(path) == 0:
+        raise OSError("empty file")
     with Image.open(path) as img:
         if image_size is not None:
             img.draft("RGB", (image_size, image_size))  # never smaller than requested
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
-        img = img.convert("RGB")
+        img = to_rgb(img)
         if image_size is not None and img.size != (image_size, image_size):
             w, h = img.size
             scale = image_size / min(w, h)
@@ -147,6 +180,38 @@ def decode_image(path: str, image_size: int | None) -> np.ndarray:
             left, top = (nw - image_size) // 2, (nh - image_size) // 2
             img = img.crop((left, top, left + image_size, top + image_size))
         return np.asarray(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB.
+
+    Palette, greyscale, bilevel, CMYK and YCbCr convert as PIL does; alpha is dropped (as
+    torchvision's loader does). 16-bit greyscale (``I;16*``, and ``I`` holding values above 255)
+    is scaled by 255/65535 rather than clipped at 255 (PIL's ``convert`` would clip, turning most
+    16-bit images white); float images (``F``) in [0, 1] are scaled by 255.
+    """
+    if img.mode.startswith("I") or img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        top = float(values.max()) if values.size else 0.0
+        if img.mode.startswith("I;16") or (img.mode == "I" and top > 255):
+            values = values * (255.0 / 65535.0)
+        elif img.mode == "F" and top <= 1.0:
+            values = values * 255.0
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
+    return img.convert("RGB")
+
+
+def _reason(err: Exception) -> str:
+    """A few words on why a file could not be decoded."""
+    if isinstance(err, Image.DecompressionBombError):
+        return "too many pixels"
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image"
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return "truncated" if "truncated" in text.lower() else text[:80]
 
 
 def _target_size(root: Path, files: list[str], image_size: int | None) -> tuple[int, int]:
@@ -164,25 +229,26 @@ def _target_size(root: Path, files: list[str], image_size: int | None) -> tuple[
 
 def decode_images(
     root: Path, files: list[str], labels: np.ndarray, image_size: int | None, setting: str
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
     """Decode ``files`` in a thread pool into uint8 ``[N', 3, H, W]``.
 
     Returns:
         ``(images, labels, skipped)``: the readable images and their labels (``N'`` of them,
-        in file order) and the relative paths of unreadable files.
+        in file order) and ``[relative path, reason]`` of every unreadable file.
     """
     height, width = _target_size(root, files, image_size)
     n = len(files)
     out = np.empty((n, 3, height, width), dtype=np.uint8)
     status = np.zeros(n, dtype=np.int8)
     sizes: dict[int, tuple[int, int]] = {}
+    reasons: dict[int, str] = {}
 
     def work(start: int, stop: int) -> int:
         for i in range(start, stop):
             try:
                 arr = decode_image(str(root / files[i]), image_size)
-            except Exception:  # corrupt, truncated or not an image: skipped and reported
-                status[i] = _UNREADABLE
+            except Exception as err:  # empty, corrupt, truncated or not an image: skipped and reported
+                status[i], reasons[i] = _UNREADABLE, _reason(err)
                 continue
             if arr.shape[:2] != (height, width):
                 status[i] = _WRONG_SIZE
@@ -193,7 +259,7 @@ def decode_images(
 
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     chunk = max(16, min(512, n // (8 * workers) + 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
+    with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(
         total=n, desc=f"decoding {root.name}", unit="img", leave=False, delay=2.0
     ) as bar:
         futures = [pool.submit(work, s, min(s + chunk, n)) for s in range(0, n, chunk)]
@@ -208,8 +274,9 @@ def decode_images(
         )
     ok = status == _OK
     if not ok.any():
-        raise DataError(f"{setting}={root}: none of its {n} image files could be read")
-    skipped = [files[i] for i in np.flatnonzero(~ok)]
+        why = _first([f"{files[i]} ({reasons[i]})" for i in sorted(reasons)], 3)
+        raise DataError(f"{setting}={root}: none of its {n} image files could be read: {why}")
+    skipped = [[files[i], reasons[i]] for i in np.flatnonzero(~ok)]
     if skipped:
         return np.ascontiguousarray(out[ok]), labels[ok], skipped
     return out, labels, skipped

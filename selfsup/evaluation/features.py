@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from selfsup.errors import DataError, SelfsupError
+from selfsup.progress import progress_bar
 
 __all__ = ["extract_features"]
 
@@ -48,12 +48,14 @@ def _channel_stats(
 
 
 def _check_images(images: torch.Tensor) -> None:
-    """Raise :class:`DataError` unless ``images`` is a non-empty uint8 tensor [N, C, H, W]."""
+    """Raise :class:`DataError` unless ``images`` is a non-empty uint8 tensor [N, C, H, W]
+    (or float32: data that are not images, e.g. sequences, used as they are)."""
     if not isinstance(images, torch.Tensor):
         raise DataError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dtype != torch.uint8 or images.dim() != 4:
+    if images.dtype not in (torch.uint8, torch.float32) or images.dim() != 4:
         raise DataError(
-            f"images must be uint8 [N, C, H, W], got {images.dtype} with shape {tuple(images.shape)}"
+            f"images must be uint8 [N, C, H, W] (float32 for non-image data), got {images.dtype} "
+            f"with shape {tuple(images.shape)}"
         )
     if images.shape[0] == 0:
         raise DataError("images is empty (N = 0): nothing to extract features from")
@@ -84,13 +86,13 @@ def extract_features(
 
     Args:
         encoder: maps float [B, C, H', W'] (normalised) to features [B, D].
-        images: uint8 [N, C, H, W], on the CPU or on ``device``.
+        images: uint8 [N, C, H, W] (or float32 non-image data, not divided by 255), on the CPU or on ``device``.
         mean: per-channel mean, C values (or one value for all channels), in [0, 1] units.
         std: per-channel standard deviation, same form as ``mean``.
         batch_size: images per forward pass.
         device: where to run; default: the device of the encoder's parameters (CPU if none).
         image_size: side length to resize to; ``None`` keeps H x W.
-        progress: show a tqdm progress bar.
+        progress: show a progress bar (plain periodic lines when stderr is not a terminal).
 
     Returns:
         float32 [N, D] on the CPU.
@@ -109,7 +111,7 @@ def extract_features(
     try:
         with torch.inference_mode():
             starts = range(0, images.shape[0], batch_size)
-            for start in tqdm(starts, desc="features", unit="batch", disable=not progress):
+            for start in progress_bar(starts, desc="features", unit="batch", disable=not progress):
                 batch = images[start : start + batch_size].to(run_device, non_blocking=True)
                 chunks.append(_forward(encoder, batch, mean_t, std_t, image_size).cpu())
     finally:
@@ -127,8 +129,8 @@ def _forward(
     std: torch.Tensor,
     image_size: int | None,
 ) -> torch.Tensor:
-    """uint8 [B, C, H, W] -> float32 features [B, D] (on the batch's device)."""
-    x = batch.float().div_(255.0)
+    """uint8 [B, C, H, W] (or float32 non-image data, not rescaled) -> float32 features [B, D] (on the batch's device)."""
+    x = batch if batch.is_floating_point() else batch.float().div_(255.0)
     if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
         shrinking = image_size < max(x.shape[-2:])
         x = F.interpolate(

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from selfsup.errors import SelfsupError
 from selfsup.evaluation.knn import prepare_labelled_features, true_class_rank
+from selfsup.progress import progress_bar
 
 __all__ = ["linear_probe"]
 
@@ -156,7 +156,7 @@ def linear_probe(
         seed: seed of the held-out split.
         max_iter: L-BFGS iterations per fit.
         device: where to fit; default: the device of ``train_features``.
-        progress: show a tqdm bar over the weight-decay sweep.
+        progress: show a progress bar over the weight-decay sweep (plain lines when not a terminal).
 
     Returns:
         ``{"linear": {"top1", "top5", "weight_decay": chosen, "val_top1": its validation top-1}}``.
@@ -178,7 +178,7 @@ def linear_probe(
 
     best: tuple[float, float, Weights] | None = None  # (val top-1, decay, weights)
     weights: Weights | None = None
-    bar = tqdm(decays, desc="linear probe", unit="wd", disable=not progress)
+    bar = progress_bar(decays, desc="linear probe", unit="wd", disable=not progress)
     for wd in bar:
         weights = _fit(x_fit, y_fit, classes, wd, weights, max_iter)
         val_top1, _ = _accuracies(x_val, y_val, weights)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from torch import nn
+from torch import Tensor, nn
 
 from selfsup.config import EvalConfig
 from selfsup.data import ImageDataset
+from selfsup.errors import DataError
 from selfsup.evaluation.features import extract_features
 from selfsup.evaluation.knn import knn_classify
 from selfsup.evaluation.linear import linear_probe
@@ -14,14 +15,33 @@ from selfsup.evaluation.linear import linear_probe
 PROTOCOLS = ("knn", "linear")
 
 
+class _Classify(nn.Module):
+    """A model's ``classify(x) -> logits [B, K]`` as a plain forward, so logits are extracted like features."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.classify(x)
+
+
 def evaluate(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: EvalConfig, *,
-             protocols: Iterable[str] | None = None, device=None, progress: bool = True) -> dict[str, dict]:
+             protocols: Iterable[str] | None = None, device=None, progress: bool = True,
+             classifier: nn.Module | None = None) -> dict[str, dict]:
     """Run ``protocols`` (default: kNN, plus the linear probe if ``cfg.linear``) on ``encoder``.
 
     Both splits are normalised with the training split's statistics, as in training.
-    Returns ``{"knn_k20": {"top1": ..}, "knn_k200": {..}, "linear": {..}}``.
+    ``classifier``: a trained model with ``classify(x) -> logits`` (a supervised baseline); its own
+    top-1 on ``val`` is added as ``"classifier"``.
+    Returns ``{"knn_k20": {"top1": ..}, "knn_k200": {..}, "linear": {..}[, "classifier": {..}]}``.
     """
     protocols = list(protocols or (["knn", "linear"] if cfg.linear else ["knn"]))
+    if list(train.classes) != list(val.classes):  # label i would mean different classes in the two splits
+        only = sorted(set(train.classes) ^ set(val.classes))
+        raise DataError(f"the training and evaluation splits have different classes ({len(train.classes)} vs "
+                        f"{len(val.classes)}; in one only: {', '.join(only[:5]) or 'same names, other order'}): "
+                        "labels would not match")
     features = {
         name: extract_features(encoder, data.images, train.mean, train.std, batch_size=cfg.batch_size,
                                device=device, progress=progress)
@@ -35,6 +55,10 @@ def evaluate(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: Ev
     if "linear" in protocols:
         results.update(linear_probe(features["train"], train.labels, features["val"], val.labels,
                                     num_classes=num_classes, progress=progress))
+    if classifier is not None:
+        logits = extract_features(_Classify(classifier), val.images, train.mean, train.std, batch_size=cfg.batch_size,
+                                  device=device, progress=progress)
+        results["classifier"] = {"top1": float((logits.argmax(dim=1) == val.labels).float().mean())}
     return results
 
 

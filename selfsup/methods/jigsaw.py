@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
+from selfsup.distributed import rank, world_size
 from selfsup.errors import ConfigError
 from selfsup.heads import ProjectionHead
 from selfsup.methods.base import Method
@@ -148,13 +149,16 @@ class Jigsaw(Method):
     def make_puzzles(self, crops: Tensor) -> tuple[Tensor, Tensor]:
         """Crops ``[B, C, S, S]`` -> (puzzles ``[B, 9, C, t, t]``, permutation indices int64 ``[B]``).
 
-        Tile positions and permutations come from the global torch RNG on the crops' device
-        (checkpointed with the run, so a resumed run draws the same puzzles).
+        Tile positions and permutations come from the global torch RNG on the crops' device, which
+        the run checkpoints (a resumed run draws the same puzzles) and seeds alike on every rank.
+        So each rank draws for the whole global batch and keeps its own slice: ranks get distinct
+        puzzles, and 2 processes on a split batch draw what 1 process draws on the global batch.
         """
-        b = crops.shape[0]
-        offsets = sample_tile_offsets(b, self.cell, self.tile, self.cfg.jitter, device=crops.device)
+        b, world, me = crops.shape[0], world_size(), rank()
+        mine = slice(me * b, (me + 1) * b)
+        offsets = sample_tile_offsets(world * b, self.cell, self.tile, self.cfg.jitter, device=crops.device)[mine]
         tiles = normalize_tiles(extract_tiles(crops, self.tile, offsets))
-        target = torch.randint(0, self.cfg.num_permutations, (b,), device=crops.device)
+        target = torch.randint(0, self.cfg.num_permutations, (world * b,), device=crops.device)[mine]
         return shuffle_tiles(tiles, self.permutations[target]), target
 
     def training_step(self, views: list[Tensor], labels: Tensor, values: dict[str, float]) -> dict[str, Tensor]:

@@ -1,0 +1,85 @@
+"""Quality for speed: LightlySSL's SimCLR trained with our recipe, evaluated with our kNN protocol.
+
+Trains the model of ``eval/bench_lightly.py`` (LightlySSL's ``SimCLRTransform`` through a
+torch DataLoader of PIL images, ``SimCLRProjectionHead``, ``NTXentLoss``, torchvision resnet18)
+for ``--epochs`` with the recipe's schedule: SGD (momentum), peak lr = lr x batch / 256, linear
+warm-up then cosine (``selfsup.schedules.warmup_cosine``), weight decay on weights only (our
+``selfsup.optim.param_groups``). The backbone is then evaluated exactly as ``selfsup eval``
+evaluates ours (frozen features, weighted kNN, k = 20 and 200). Compare with
+
+    selfsup train recipes/simclr-cifar10.yaml data.name=imagefolder data.train=... data.val=... \\
+        backbone.name=resnet18 backbone.small_stem=false trainer.batch_size=256 \\
+        trainer.epochs=2 trainer.warmup_epochs=0.2
+
+Run:  python eval/knn_lightly.py --train /tmp/cifar10-jpeg/train --val /tmp/cifar10-jpeg/test
+      trainer.epochs=2 trainer.warmup_epochs=0.2     (overrides as for selfsup train)
+Prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_lightly import ROOT, build_lightly, lightly_step  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--train", default="/tmp/cifar10-jpeg/train")
+    p.add_argument("--val", default="/tmp/cifar10-jpeg/test")
+    p.add_argument("--recipe", default=str(ROOT / "recipes" / "simclr-cifar10.yaml"))
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--small-stem", action="store_true")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores)")
+    p.add_argument("--joint-forward", action="store_true",
+                   help="both views in one backbone call (batch norm over both, as selfsup's SimCLR)")
+    p.add_argument("overrides", nargs="*", help="selfsup config overrides (trainer.epochs=2 ...)")
+    args = p.parse_args(argv)
+
+    from selfsup.config import load_config
+    from selfsup.evaluation.protocols import evaluate
+    from selfsup.optim import param_groups
+    from selfsup.schedules import scaled_lr, warmup_cosine
+    from selfsup.train import load_split
+
+    cfg = load_config(args.recipe, [f"data.name=imagefolder", f"data.train={args.train}", f"data.val={args.val}",
+                                    "backbone.name=resnet18", f"backbone.small_stem={str(args.small_stem).lower()}",
+                                    f"trainer.batch_size={args.batch_size}", *args.overrides])
+    if args.workers is None:
+        import os
+        args.workers = len(os.sched_getaffinity(0))
+    train_data = load_split(cfg, "train")
+    model, criterion, _, loader = build_lightly(args, cfg, train_data.mean, train_data.std)
+    t = cfg.trainer
+    steps_per_epoch = len(loader)
+    total = t.epochs * steps_per_epoch
+    peak = scaled_lr(t.lr, args.batch_size, t.lr_scaling)
+    lrs = warmup_cosine(peak, peak * t.min_lr, total, int(round(t.warmup_epochs * steps_per_epoch)))
+    groups = param_groups(model, t.weight_decay)
+    optimizer = torch.optim.SGD(groups, lr=float(lrs[0]), momentum=t.momentum)
+    torch.manual_seed(t.seed)  # the DataLoader's shuffle
+    step, start, losses = 0, time.perf_counter(), []
+    for epoch in range(t.epochs):
+        for (views, _labels) in loader:
+            for group in optimizer.param_groups:
+                group["lr"] = float(lrs[step])
+            losses.append(lightly_step(model, criterion, optimizer, views, joint=args.joint_forward))
+            step += 1
+            if step % 20 == 0:
+                print(f"step {step}/{total} loss {torch.stack(losses[-20:]).mean():.4f} "
+                      f"{step * args.batch_size / (time.perf_counter() - start):.0f} images/s", flush=True)
+    seconds = time.perf_counter() - start
+    results = evaluate(model.backbone, train_data, load_split(cfg, "val"), cfg.eval, protocols=["knn"])
+    print(json.dumps({"joint_forward": args.joint_forward, "seed": t.seed, "epochs": t.epochs, "steps": total, "train_seconds": seconds,
+                      "images_per_s": total * args.batch_size / seconds, **results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The table ``selfsup train`` prints when it ends (also written as ``<run>/summary.json``).
+
+Everything comes from what the run wrote (metrics.jsonl, checkpoints, eval results), so a run
+resumed after a kill reports the whole run, not just its last attempt.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from selfsup.checkpoint import list_checkpoints
+from selfsup.config import Config
+from selfsup.metrics import read_metrics
+from selfsup.plots import plot_run, plots_available
+
+
+def run_summary(run_dir: Path, cfg: Config, *, total_steps: int, results: dict, plots: list[Path]) -> dict[str, Any]:
+    """The run's key numbers: steps, time, throughput, losses, evaluation, where things are."""
+    rows = read_metrics(run_dir)
+    last = rows[-1] if rows else {}
+    losses = [row["loss"] for row in rows if isinstance(row.get("loss"), (int, float))]
+    seconds = last.get("time_s")
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    return {
+        "run_dir": str(run_dir), "method": cfg.method.name, "backbone": cfg.backbone.name,
+        "steps": last.get("step", 0), "total_steps": total_steps, "epochs": last.get("epoch"),
+        "train_time_s": seconds,
+        "images_per_s": last["step"] * cfg.trainer.batch_size / seconds if seconds else None,
+        "final_loss": losses[-1] if losses else None, "best_loss": min(losses) if losses else None,
+        "skipped_steps": last.get("skipped_steps", 0),
+        "eval": {name: value.get("top1") for name, value in results.items() if isinstance(value, dict)},
+        "encoder": str(run_dir / "encoder"),
+        "checkpoint": str(checkpoints[-1]) if checkpoints else None,
+        "plots": [str(p) for p in plots],
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A two-column plain-text table of :func:`run_summary`."""
+    s = summary
+    lines = [("run", f"{s['run_dir']}  ({s['method']}, {s['backbone']})"),
+             ("steps", f"{s['steps']} / {s['total_steps']}" + (f"  ({s['epochs']:.3g} epochs)" if s["epochs"] else ""))]
+    if s["train_time_s"] is not None:
+        lines.append(("training time", _duration(s["train_time_s"])))
+    if s["images_per_s"]:
+        lines.append(("throughput", f"{s['images_per_s']:.0f} images/s (end to end)"))
+    if s["final_loss"] is not None:
+        lines.append(("loss", f"{s['final_loss']:.4f} final, {s['best_loss']:.4f} best"))
+    if s["skipped_steps"]:
+        lines.append(("skipped steps", f"{s['skipped_steps']} (non-finite loss or gradient)"))
+    for name, top1 in s["eval"].items():
+        lines.append((f"{name} top-1", f"{100 * top1:.2f}%" if isinstance(top1, (int, float)) else str(top1)))
+    lines.append(("encoder", s["encoder"]))
+    if s["checkpoint"]:
+        lines.append(("checkpoint", s["checkpoint"]))
+    lines.append(("plots", ", ".join(s["plots"]) if s["plots"] else "none (pip install 'selfsup[plots]')"))
+    width = max(len(key) for key, _ in lines)
+    return "\n".join(["summary", *(f"  {key:<{width}}  {value}" for key, value in lines)])
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02.0f}s" if minutes else f"{secs:.1f}s"
+
+
+def finish_run(run_dir: Path, cfg: Config, *, total_steps: int, results: dict) -> str:
+    """Plots (when matplotlib is installed and ``run.plots``), ``summary.json``, and the table to print."""
+    plots: list[Path] = []
+    if cfg.run.plots and plots_available():
+        try:
+            plots = plot_run(run_dir)
+        except Exception as err:  # a plot is a convenience: never fail a finished run over it
+            warnings.warn(f"could not write plots for {run_dir}: {err}", stacklevel=2)
+    summary = run_summary(run_dir, cfg, total_steps=total_steps, results=results, plots=plots)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return format_summary(summary)
