@@ -78,6 +78,8 @@ class Trainer:
         self.optimizer = create_optimizer(method, self.tc, lr=float(self.schedules["lr"][0]))
         self.model, self.optimizer = accelerator.prepare(method, self.optimizer)
         self.method: Method = accelerator.unwrap_model(self.model)
+        if self.tc.compile:  # compile the training step; self.method (checkpoints, export, encoder) stays eager
+            self.model = torch.compile(self.model)
         self.generator = torch.Generator(device=accelerator.device)
         self.guard = NonFiniteGuard(self.tc.nonfinite, self.method, accelerator.device,
                                     check_grads=accelerator.scaler is None,

@@ -44,7 +44,7 @@ from selfsup.data.imagefolder import cache_key, decode_image, decode_images, loa
 from selfsup.errors import DataError
 
 __all__ = [
-    "BatchSampler", "SequentialBatches", "StepBatches", "StreamingImageFolder", "decoded_gb",
+    "BatchSampler", "SequentialBatches", "StepBatches", "StreamingImageFolder", "decoded_gb", "default_workers",
     "open_imagefolder", "stream_batches",
 ]
 
