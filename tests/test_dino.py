@@ -8,6 +8,7 @@ import torch
 
 from selfsup.augment import ViewMaker
 from selfsup.backbones import create_backbone
+from selfsup.errors import ConfigError
 from selfsup.losses.dino import dino_loss, teacher_entropy
 from selfsup.methods import create_method
 from selfsup.methods import dino as dino_module
@@ -210,6 +211,9 @@ def test_vit_with_smaller_local_crops_runs():
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and method.backbone.pos_embed.grad.abs().sum() > 0
     assert method.encoder(torch.rand(2, 3, 16, 16)).shape == (2, vit.num_features)
+    fixed = create_backbone("test_vit", img_size=32, patch_size=4, embed_dim=32, depth=1, num_heads=2, dynamic_img_size=False)
+    with pytest.raises(ConfigError, match="dynamic_img_size"):
+        create_method("dino", fixed, image_size=32, num_local_crops=2)
 
 
 # ----------------------------------------------------------------------------- distributed centre

@@ -28,6 +28,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
 from selfsup.distributed import all_reduce_mean
+from selfsup.errors import ConfigError
 from selfsup.ema import ema_update, frozen_copy, momentum_schedule
 from selfsup.losses.dino import dino_loss, teacher_entropy
 from selfsup.methods.base import Method
@@ -100,6 +101,12 @@ class DINO(Method):
 
     def __init__(self, cfg: DINOConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
         super().__init__(cfg, backbone, image_size, num_classes)
+        fixed_size = getattr(backbone, "dynamic_img_size", None) is False  # a timm ViT made for one size
+        if cfg.num_local_crops > 0 and self.local_size != image_size and fixed_size:
+            raise ConfigError(
+                f"dino: local crops of {self.local_size} px need a backbone that takes any input size; this ViT was "
+                f"built for {image_size} px (set backbone.model_args.dynamic_img_size=true, or method.num_local_crops=0)"
+            )
         self.head = DINOHead(backbone.num_features, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim,
                              cfg.use_bn_in_head, cfg.norm_last_layer)
         self.teacher_backbone = frozen_copy(backbone)

@@ -36,7 +36,6 @@ from selfsup.config import MethodConfig
 from selfsup.distributed import gather_no_grad, rank, world_size
 from selfsup.ema import ema_update, frozen_copy, momentum_schedule
 from selfsup.errors import ConfigError
-from selfsup.heads import ProjectionHead
 from selfsup.losses.moco import infonce
 from selfsup.methods.base import Method
 from selfsup.methods.registry import register_method
@@ -49,7 +48,6 @@ class MoCoConfig(MethodConfig):
     queue_size: int = 4096  # K; 65536 on ImageNet, 4096 in the authors' CIFAR demo
     proj_hidden_dim: int = 2048
     proj_dim: int = 128
-    proj_bn: bool = False  # BN after the head's hidden layer (MoCo v3's heads; v2 has none)
     momentum_base: float = 0.99  # key-encoder EMA momentum at step 0 (0.999 in the paper's 800k-step runs)
     momentum_final: float = 1.0  # cosine increase to this at the last step (= momentum_base: constant)
     symmetric: bool = False  # both views as queries, loss averaged (MoCo v2 is asymmetric)
@@ -59,11 +57,8 @@ class MoCoConfig(MethodConfig):
     blur: bool | None = None  # None: blur when the images are 64 px or larger (as SimCLR on CIFAR)
 
 
-def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, bn: bool = False) -> nn.Sequential:
-    """MoCo v2's head: fc - ReLU - fc (Chen et al. 2020b, sec. 2); ``bn``: fc - BN - ReLU - fc.
-    [B, in_dim] -> [B, out_dim]."""
-    if bn:
-        return ProjectionHead(in_dim, hidden_dim, out_dim)
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """MoCo v2's head: fc - ReLU - fc, no BN (Chen et al. 2020b, sec. 2). [B, in_dim] -> [B, out_dim]."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
 
@@ -86,7 +81,7 @@ class MoCo(Method):
         for key in ("queue_size", "bn_splits", "proj_dim"):
             if getattr(cfg, key) < 1:
                 raise ConfigError(f"method.{key}={getattr(cfg, key)} must be >= 1")
-        self.head = mlp_head(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_bn)
+        self.head = mlp_head(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
         self.key_backbone = frozen_copy(backbone)
         self.key_head = frozen_copy(self.head)
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))
