@@ -270,3 +270,17 @@ def test_lstm_learns_variable_length_sequences_and_refuses_ssl(tmp_path):
         run_baseline(tmp_path, "lstm", {}, {"method.name": "simclr"}, data)
     with pytest.raises(ConfigError, match="sequence backbone"):
         run_baseline(tmp_path, "test_resnet", {}, {}, data)
+
+
+def test_model_args_config_key_and_list_output(capsys):
+    raw = {"backbone": {"name": "lstm", "model_args": {"hidden_size": 32, "bidirectional": True}}}
+    cfg = resolve_config(raw, ["backbone.model_args.num_layers=2"])
+    assert cfg.backbone.model_args == {"hidden_size": 32, "bidirectional": True, "num_layers": 2}
+    with pytest.raises(ConfigError, match="mapping"):
+        resolve_config({"backbone": {"model_args": [1, 2]}})
+    from selfsup.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "supervised" in out and "lstm, gru, seq_transformer   every method except dino, jigsaw" in out
+    assert "sequence" in out.split("datasets:")[1].split("backbones:")[0]

@@ -66,9 +66,9 @@ def format_table(rows: dict[str, dict[str, dict]]) -> str:
     """A plain-text table of top-1 accuracies: one row per encoder, one column per protocol."""
     columns = sorted({key for result in rows.values() for key in result}, key=_column_order)
     width = max(len(name) for name in rows) + 2
-    lines = ["top-1".ljust(width) + "".join(c.rjust(10) for c in columns)]
+    lines = ["top-1".ljust(width) + "".join(c.rjust(12) for c in columns)]
     for name, result in rows.items():
-        cells = "".join((f"{result[c]['top1']:.4f}" if c in result else "-").rjust(10) for c in columns)
+        cells = "".join((f"{result[c]['top1']:.4f}" if c in result else "-").rjust(12) for c in columns)
         lines.append(name.ljust(width) + cells)
     return "\n".join(lines)
 

@@ -72,6 +72,13 @@ def shared_permutation(n: int, device: torch.device) -> torch.Tensor:
 
 @register_method("moco")
 class MoCo(Method):
+    """MoCo v2: query encoder (backbone + MLP head), momentum key encoder, queue of keys.
+
+    Buffers: ``queue`` [queue_size, proj_dim] (L2-normalised keys, random at start as in the
+    paper's code) and ``queue_ptr`` (the next row to overwrite); both are checkpointed. ``encoder``
+    is the query backbone, the one the paper evaluates. Scheduled value: ``ema_momentum``.
+    """
+
     config_class = MoCoConfig
     min_batch_size = 2  # BN over a single image is degenerate
     paper = "He et al. 2020, arXiv:1911.05722 (MoCo); Chen et al. 2020, arXiv:2003.04297 (MoCo v2)"
