@@ -5,5 +5,19 @@ two directions, so numbers compare 1:1.
 """
 from selfsup.losses.classification import multiclass_hinge
 from selfsup.losses.contrastive import nt_xent
+from selfsup.losses.decoupled import dcl, dclw
+from selfsup.losses.dino import dino_loss, teacher_entropy
+from selfsup.losses.moco import infonce
+from selfsup.losses.noncontrastive import (
+    barlow_twins_loss,
+    byol_loss,
+    cross_correlation,
+    simsiam_loss,
+    vicreg_loss,
+    vicreg_terms,
+)
 
-__all__ = ["multiclass_hinge", "nt_xent"]
+__all__ = [
+    "barlow_twins_loss", "byol_loss", "cross_correlation", "dcl", "dclw", "dino_loss", "infonce",
+    "multiclass_hinge", "nt_xent", "simsiam_loss", "teacher_entropy", "vicreg_loss", "vicreg_terms",
+]

@@ -22,17 +22,31 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, *, g
     Returns:
         scalar loss.
     """
+    logits, self_index, positive = pair_logits(z_a, z_b, temperature, gather)
+    logits[torch.arange(logits.shape[0], device=logits.device), self_index] = float("-inf")
+    return F.cross_entropy(logits, positive)
+
+
+def pair_logits(
+    z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, gather: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cosine-similarity logits of every anchor against every candidate, shared by the contrastive losses.
+
+    Args:
+        z_a, z_b: [N, D] projections of the two views (not yet normalised); row i is a positive pair.
+        temperature: the logits are ``s / temperature``, in fp32 even under autocast.
+        gather: candidates from every process (autograd-correct all-gather); anchors stay local.
+    Returns:
+        logits [2N, 2M] (anchors ``[z_a; z_b]`` against candidates ``[all z_a; all z_b]``, M = N x
+        processes), and for each anchor the column of itself [2N] and of its positive [2N].
+    """
     n = z_a.shape[0]
     z_a, z_b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)
     cand_a = gather_with_grad(z_a) if gather else z_a
     cand_b = gather_with_grad(z_b) if gather else z_b
     total = cand_a.shape[0]  # N * processes
     offset = rank() * n if gather else 0
-    anchors = torch.cat([z_a, z_b])  # [2N, D]
-    logits = anchors @ torch.cat([cand_a, cand_b]).T  # [2N, 2 * total]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # fp32 under autocast
+    logits = torch.cat([z_a, z_b]) @ torch.cat([cand_a, cand_b]).T  # [2N, 2 * total]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
     own = torch.arange(n, device=z_a.device) + offset
-    self_index = torch.cat([own, own + total])
-    positive = torch.cat([own + total, own])
-    logits[torch.arange(2 * n, device=z_a.device), self_index] = float("-inf")
-    return F.cross_entropy(logits, positive)
+    return logits, torch.cat([own, own + total]), torch.cat([own + total, own])

@@ -16,26 +16,17 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.distributed import gather_with_grad, rank
+from selfsup.losses.contrastive import pair_logits
 
 
 def _decoupled(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, sigma: float | None, gather: bool) -> torch.Tensor:
-    """Shared body of :func:`dcl` (``sigma=None``) and :func:`dclw`; indexing as in ``nt_xent``."""
+    """Shared body of :func:`dcl` (``sigma=None``) and :func:`dclw`."""
     n = z_a.shape[0]
-    z_a, z_b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)
-    cand_a = gather_with_grad(z_a) if gather else z_a
-    cand_b = gather_with_grad(z_b) if gather else z_b
-    total = cand_a.shape[0]  # N * processes
-    offset = rank() * n if gather else 0
-    anchors = torch.cat([z_a, z_b])  # [2N, D]
-    logits = anchors @ torch.cat([cand_a, cand_b]).T  # [2N, 2 * total]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # fp32 under autocast
-    rows = torch.arange(2 * n, device=z_a.device)
-    own = torch.arange(n, device=z_a.device) + offset
-    self_index = torch.cat([own, own + total])
-    positive_index = torch.cat([own + total, own])
+    logits, self_index, positive_index = pair_logits(z_a, z_b, temperature, gather)
+    rows = torch.arange(2 * n, device=logits.device)
     positive = logits[rows, positive_index]  # [2N]: s_ii / t, the same for both directions
     if sigma is not None:
-        positive = positive * torch.cat([_vmf_weights(z_a, z_b, sigma, gather, offset)] * 2)
+        positive = positive * _vmf_weights(z_a, z_b, sigma, gather).repeat(2)
     # Decoupling: neither the anchor itself nor its positive is in the denominator.
     excluded = torch.zeros_like(logits, dtype=torch.bool)
     excluded[rows, self_index] = True
@@ -44,16 +35,17 @@ def _decoupled(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, sigma: 
     return (negatives - positive).mean()
 
 
-def _vmf_weights(z_a: torch.Tensor, z_b: torch.Tensor, sigma: float, gather: bool, offset: int) -> torch.Tensor:
+def _vmf_weights(z_a: torch.Tensor, z_b: torch.Tensor, sigma: float, gather: bool) -> torch.Tensor:
     """Negative von Mises-Fisher weights ``w_i = 2 - M softmax_i(<z_i^a, z_i^b> / sigma)`` over the M
-    positives of the (global) batch (DCL's DCLW weighting); unit-norm inputs [N, D] -> this process's [N].
+    positives of the (global) batch (DCL's DCLW weighting); projections [N, D] -> this process's [N].
 
     The weights stay in the graph, as in the authors' code (LightlySSL detaches them).
     """
-    cos = (z_a * z_b).sum(dim=1)
+    cos = (F.normalize(z_a, dim=1) * F.normalize(z_b, dim=1)).sum(dim=1)
     cos = cos.to(torch.promote_types(cos.dtype, torch.float32))
     all_cos = gather_with_grad(cos) if gather else cos
     weights = 2 - all_cos.shape[0] * torch.softmax(all_cos / sigma, dim=0)
+    offset = rank() * z_a.shape[0] if gather else 0
     return weights[offset : offset + z_a.shape[0]]
 
 

@@ -17,6 +17,7 @@ from selfsup.heads import ProjectionHead
 from selfsup.losses.decoupled import dcl, dclw
 from selfsup.methods.base import Method
 from selfsup.methods.registry import register_method
+from selfsup.methods.simclr import simclr_views
 
 
 @dataclass
@@ -48,10 +49,7 @@ class _Decoupled(Method):
 
     @property
     def views(self) -> list[tuple[AugmentSpec, int]]:
-        spec = AugmentSpec.simclr(
-            self.image_size, strength=self.cfg.color_strength, blur=self.cfg.blur, crop_scale=tuple(self.cfg.crop_scale)
-        )
-        return [(spec, 2)]
+        return simclr_views(self.image_size, self.cfg)
 
     def loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

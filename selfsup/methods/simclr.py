@@ -18,6 +18,14 @@ from selfsup.methods.base import Method
 from selfsup.methods.registry import register_method
 
 
+def simclr_views(size: int, cfg) -> list[tuple[AugmentSpec, int]]:
+    """SimCLR's two views from one spec (Chen et al. 2020, appendix A), also used by DCL / DCLW:
+    crop + flip, colour jitter of strength ``cfg.color_strength`` w.p. 0.8, grey w.p. 0.2, blur from
+    64 px up unless ``cfg.blur`` says otherwise; ``cfg.crop_scale`` bounds the crop area."""
+    spec = AugmentSpec.simclr(size, strength=cfg.color_strength, blur=cfg.blur, crop_scale=tuple(cfg.crop_scale))
+    return [(spec, 2)]
+
+
 @dataclass
 class SimCLRConfig(MethodConfig):
     name: str = "simclr"
@@ -41,10 +49,7 @@ class SimCLR(Method):
 
     @property
     def views(self) -> list[tuple[AugmentSpec, int]]:
-        spec = AugmentSpec.simclr(
-            self.image_size, strength=self.cfg.color_strength, blur=self.cfg.blur, crop_scale=tuple(self.cfg.crop_scale)
-        )
-        return [(spec, 2)]
+        return simclr_views(self.image_size, self.cfg)
 
     def training_step(self, views, labels, values):
         z = self.head(self.backbone(torch.cat(views)))  # one backbone call for both views

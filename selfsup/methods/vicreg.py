@@ -11,48 +11,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from selfsup.augment import AugmentSpec
-from selfsup.config import MethodConfig
-from selfsup.heads import ProjectionHead
 from selfsup.losses.noncontrastive import vicreg_terms
-from selfsup.methods.base import Method
-from selfsup.methods.byol import byol_views
 from selfsup.methods.registry import register_method
+from selfsup.methods.twin_projector import TwinProjectorConfig, TwinProjectorMethod
 
 
 @dataclass
-class VICRegConfig(MethodConfig):
+class VICRegConfig(TwinProjectorConfig):
     name: str = "vicreg"
     sim_weight: float = 25.0  # lambda
     var_weight: float = 25.0  # mu
     cov_weight: float = 1.0  # nu
-    proj_hidden_dim: int = 2048  # the paper's 8192 is for ResNet-50 on ImageNet
-    proj_dim: int = 2048
-    proj_layers: int = 3
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    blur: bool | None = None  # None: blur when the images are 64 px or larger
 
 
 @register_method("vicreg")
-class VICReg(Method):
+class VICReg(TwinProjectorMethod):
     """Backbone + expander; the loss keeps every dimension's variance up and decorrelates them."""
 
     config_class = VICRegConfig
-    min_batch_size = 2  # variance and covariance along the batch need at least two samples
     paper = "Bardes et al. 2022, arXiv:2105.04906"
 
-    def __init__(self, cfg: VICRegConfig, backbone, image_size: int, num_classes: int = 0):
-        super().__init__(cfg, backbone, image_size, num_classes)
-        self.projector = ProjectionHead(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim, num_layers=cfg.proj_layers)
-
-    @property
-    def views(self) -> list[tuple[AugmentSpec, int]]:
-        return byol_views(self.image_size, blur=self.cfg.blur, crop_scale=tuple(self.cfg.crop_scale))
-
     def training_step(self, views, labels, values):
-        z_a, z_b = self.projector(self.backbone(torch.cat(views))).chunk(2)  # one backbone call
+        z_a, z_b = self.project(views)
         invariance, variance, covariance = vicreg_terms(z_a, z_b, gather=True)
         cfg = self.cfg
         loss = cfg.sim_weight * invariance + cfg.var_weight * variance + cfg.cov_weight * covariance

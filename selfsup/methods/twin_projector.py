@@ -1,0 +1,47 @@
+"""The pipeline Barlow Twins and VICReg share: BYOL's two views -> one backbone call -> a
+3-layer projector ("expander") whose two halves of output go to the method's loss.
+
+Zbontar et al. 2021 (arXiv:2103.03230) and Bardes et al. 2022 (arXiv:2105.04906) both use
+"3 linear layers, 8192 units, BN + ReLU between them"; 2048 suits ResNet-18 on small images.
+The methods differ only in the loss, so each subclass implements ``training_step`` with
+:meth:`TwinProjectorMethod.project`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from selfsup.augment import AugmentSpec
+from selfsup.config import MethodConfig
+from selfsup.heads import ProjectionHead
+from selfsup.methods.base import Method
+from selfsup.methods.byol import byol_views
+
+
+@dataclass
+class TwinProjectorConfig(MethodConfig):
+    proj_hidden_dim: int = 2048  # the papers' 8192 is for ResNet-50 on ImageNet
+    proj_dim: int = 2048
+    proj_layers: int = 3
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    blur: bool | None = None  # None: blur when the images are 64 px or larger
+
+
+class TwinProjectorMethod(Method):
+    """Backbone + projector over BYOL's two views; subclasses add the loss."""
+
+    min_batch_size = 2  # statistics along the batch need at least two samples
+
+    def __init__(self, cfg: TwinProjectorConfig, backbone, image_size: int, num_classes: int = 0):
+        super().__init__(cfg, backbone, image_size, num_classes)
+        self.projector = ProjectionHead(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim, num_layers=cfg.proj_layers)
+
+    @property
+    def views(self) -> list[tuple[AugmentSpec, int]]:
+        return byol_views(self.image_size, blur=self.cfg.blur, crop_scale=tuple(self.cfg.crop_scale))
+
+    def project(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two views [B, C, H, W] each -> their projections [B, proj_dim] each (one backbone call)."""
+        z_a, z_b = self.projector(self.backbone(torch.cat(views))).chunk(2)
+        return z_a, z_b
