@@ -213,31 +213,42 @@ def sample_jitter_params(batch: int, brightness: float, contrast: float, saturat
 
 
 def apply_color_jitter(x: Tensor, params: dict[str, Tensor],
-                       order: Sequence[int] = (0, 1, 2, 3)) -> Tensor:
+                       order: Sequence[int] | Tensor = (0, 1, 2, 3)) -> Tensor:
     """Apply jitter ``params`` (from :func:`sample_jitter_params`) to ``[B, C, H, W]``.
 
-    ``order`` indexes (brightness, contrast, saturation, hue); samples whose ``apply`` is
-    False come back unchanged.
+    ``order`` indexes (brightness, contrast, saturation, hue): one order for the whole batch, or a
+    ``[B, 4]`` tensor with each sample's own order (torchvision's ``ColorJitter`` draws a fresh
+    order per image). Samples whose ``apply`` is False come back unchanged.
     """
     out = x
-    for i in order:
-        name = _JITTER_OPS[i]
-        if name in params:
-            out = _ADJUST[name](out, params[name])
+    if isinstance(order, Tensor):  # per sample: at each position, every op runs and each sample keeps its own
+        for position in order.T:  # [B]: which op each sample takes at this position
+            for i, name in enumerate(_JITTER_OPS):
+                if name in params:
+                    out = _where(position == i, _ADJUST[name](out, params[name]), out)
+    else:
+        for i in order:
+            name = _JITTER_OPS[i]
+            if name in params:
+                out = _ADJUST[name](out, params[name])
     return _where(params.get("apply"), out, x)
+
+
+def sample_jitter_order(batch: int, generator: torch.Generator) -> Tensor:
+    """A random order of the 4 jitter ops for each sample: ``[B, 4]`` long (no host sync)."""
+    return torch.rand((batch, 4), generator=generator, device=generator.device).argsort(dim=1)
 
 
 def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: float, hue: float,
                  p: float, generator: torch.Generator,
-                 order: Sequence[int] | None = None) -> Tensor:
+                 order: Sequence[int] | Tensor | None = None) -> Tensor:
     """Random colour jitter of ``[B, C, H, W]``: per-sample factors, applied with prob ``p``.
 
-    The op order is random per call (drawn from ``generator``; one tiny host sync on CUDA)
-    unless ``order`` is given.
+    Each sample's op order is random (drawn from ``generator``) unless ``order`` is given.
     """
     params = sample_jitter_params(x.shape[0], brightness, contrast, saturation, hue, p, generator)
     if order is None:
-        order = torch.randperm(4, generator=generator, device=generator.device).tolist()
+        order = sample_jitter_order(x.shape[0], generator)
     return apply_color_jitter(x, params, order)
 
 
@@ -396,16 +407,12 @@ class ViewMaker:
         if generator.device.type != images.device.type:
             raise ValueError(f"generator on {generator.device}, images on {images.device}")
         x = images.float().div_(255)
-        # One jitter order per spec, drawn together: a single tiny host sync per call.
-        orders = torch.rand((len(self.views), 4), generator=generator,
-                            device=generator.device).argsort(dim=1).tolist()
         out: list[Tensor] = []
-        for (spec, count), order in zip(self.views, orders):
-            out.extend(self._views(x, spec, count, order, generator).chunk(count))
+        for spec, count in self.views:
+            out.extend(self._views(x, spec, count, generator).chunk(count))
         return out
 
-    def _views(self, x: Tensor, spec: AugmentSpec, count: int, order: Sequence[int],
-               generator: torch.Generator) -> Tensor:
+    def _views(self, x: Tensor, spec: AugmentSpec, count: int, generator: torch.Generator) -> Tensor:
         """``count`` views of float ``[B, C, H, W]`` -> ``[count*B, C, size, size]``."""
         b, c, height, width = x.shape
         n = count * b
@@ -415,7 +422,10 @@ class ViewMaker:
         if spec.jitter_p > 0:
             params = sample_jitter_params(n, spec.brightness, spec.contrast, spec.saturation,
                                           spec.hue, spec.jitter_p, generator)
-            v = apply_color_jitter(v, params, order)
+            # Each view draws its own op order, as torchvision does per image: a shared order would
+            # mark every image of a batch (or of one process) alike, a cue that separates positives
+            # from negatives drawn by other processes.
+            v = apply_color_jitter(v, params, sample_jitter_order(n, generator))
         if spec.grayscale_p > 0 and c == 3:
             v = grayscale(v, _bernoulli(n, spec.grayscale_p, generator))
         if spec.blur_p > 0:

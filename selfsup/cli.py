@@ -20,6 +20,8 @@ EPILOG = """examples:
   selfsup train recipes/simclr-cifar10.yaml data.name=imagefolder data.train=DIR/train data.val=DIR/test
   selfsup train simclr-digits trainer.epochs=5 trainer.batch_size=128
   selfsup eval runs/simclr-digits --protocol linear
+  selfsup eval runs/simclr-digits --protocol finetune eval.finetune.epochs=10 eval.finetune.train_blocks=1
+  selfsup benchmark eval/benchmarks/digits.yaml         # recipes x seeds x protocols -> eval/results/*.md
   selfsup export runs/simclr-digits --out exported/
   selfsup plot runs/simclr-digits                 # PNG curves into runs/simclr-digits/plots/
   selfsup list
@@ -41,13 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run directory or an exported encoder; prints JSON")
     p.add_argument("path", help="run directory or exported encoder directory")
-    p.add_argument("--protocol", choices=["knn", "linear", "all"], default="all")
+    p.add_argument("--protocol", choices=["knn", "linear", "frozen", "finetune", "all"], default="frozen",
+                   help="frozen (default): knn + linear on cached features; finetune: train encoder + head "
+                        "(eval.finetune.* keys); all: knn, linear and finetune")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.name=imagefolder data.train=... data.val=...")
 
     p = sub.add_parser("export", help="export a run's encoder for transfer learning")
     p.add_argument("run", help="run directory")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--format", choices=["safetensors", "torchscript"], default="safetensors")
+    p.add_argument("--format", choices=["safetensors", "torchscript", "onnx"], default="safetensors",
+                   help="onnx is checked with onnxruntime when installed (pip install 'selfsup[onnx]')")
 
     p = sub.add_parser("bench", help="training throughput: end to end, model-only bound, their ratio")
     p.add_argument("recipe", nargs="?", help="recipe path or name (default: simclr-digits)")
@@ -55,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="steps per timed round")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+
+    p = sub.add_parser("benchmark", help="recipes x seeds -> train (or reuse) -> protocols -> markdown table")
+    p.add_argument("suite", help="suite file (eval/benchmarks/*.yaml): protocol file, rows (recipes), seeds, output")
+    p.add_argument("overrides", nargs="*", help="config overrides for every training command, key=value")
+    p.add_argument("--seeds", type=int, nargs="+", help="replace the suite's seeds")
+    p.add_argument("--runs-root", help="replace the suite's runs_root (run directories: ROOT/NAME-seedS)")
+    p.add_argument("--out", help="replace the suite's markdown output path (a .json lands beside it)")
 
     p = sub.add_parser("plot", help="PNG plots of a run's metrics (loss, lr, kNN, DINO teacher entropy)")
     p.add_argument("run", help="run directory")
@@ -120,13 +132,39 @@ def _eval(args) -> int:
     from selfsup.train import load_split
 
     encoder, cfg, out_dir = open_encoder(args.path, args.overrides)
-    protocols = ["knn", "linear"] if args.protocol == "all" else [args.protocol]
-    results = evaluate(encoder, load_split(cfg, "train"), load_split(cfg, "val"), cfg.eval, protocols=protocols)
+    protocols = {"frozen": ["knn", "linear"], "all": ["knn", "linear", "finetune"]}.get(args.protocol, [args.protocol])
+    if "finetune" in protocols:  # bad eval.finetune.* values fail before any data is decoded
+        from selfsup.evaluation.finetune import validate_finetune
+
+        validate_finetune(cfg.eval.finetune)
+    plots_dir = Path(out_dir) / "plots" if cfg.run.plots else None  # t-SNE, linear-probe confusion matrix
+    results = evaluate(encoder, load_split(cfg, "train"), load_split(cfg, "val"), cfg.eval, protocols=protocols,
+                       cache_dir=_features_cache(out_dir, cfg), plots_dir=plots_dir)
     path = Path(out_dir) / "eval.json"
     merged = json.loads(path.read_text()) if path.is_file() else {}
     merged.update(results)
     path.write_text(json.dumps(merged, indent=2) + "\n")
     print(json.dumps(results))
+    return 0
+
+
+def _features_cache(out_dir, cfg) -> Path:
+    """Where ``selfsup eval`` keeps frozen features: ``<run>/features`` for a run directory, else
+    ``<data.cache_dir>/features`` (an export directory holds only the export)."""
+    from selfsup.data import default_cache_dir
+    from selfsup.runs import is_run_dir
+
+    if is_run_dir(Path(out_dir)):
+        return Path(out_dir) / "features"
+    return (Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()) / "features"
+
+
+def _benchmark(args) -> int:
+    from selfsup.benchmark import load_suite, run_suite
+
+    suite = load_suite(args.suite, seeds=args.seeds, runs_root=args.runs_root, out=args.out, overrides=args.overrides)
+    report = run_suite(suite)
+    print(json.dumps({"out": report["out"], "seconds": report["seconds"]}))
     return 0
 
 
@@ -192,7 +230,7 @@ def _list_compatibility(methods: list[str]) -> None:
           "variable lengths need a sequence backbone")
 
 
-COMMANDS = {"train": _train, "bench": _bench, "eval": _eval, "export": _export, "plot": _plot, "list": _list}
+COMMANDS = {"train": _train, "bench": _bench, "benchmark": _benchmark, "eval": _eval, "export": _export, "plot": _plot, "list": _list}
 
 if __name__ == "__main__":
     sys.exit(main())

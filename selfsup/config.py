@@ -54,6 +54,7 @@ class DataConfig:
     on_bad_file: Literal["skip", "error"] = "skip"  # imagefolder: unreadable files are skipped (one warning) or fatal
     in_memory_max_gb: float = 8.0  # imagefolder: larger decoded splits stream through DataLoader workers
     workers: int | None = None  # streaming DataLoader workers (None: one per CPU core, at most 8)
+    streaming: Literal["auto", "always", "never"] = "auto"  # imagefolder: auto streams above in_memory_max_gb
 
 
 @dataclass
@@ -78,6 +79,30 @@ class TrainerConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the training step (the exported encoder stays the eager module)
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run, or its step is skipped (and counted)
+    sync_bn: bool | None = None  # BN statistics over the global batch with >1 process (None: the method's default)
+
+
+@dataclass
+class FinetuneConfig:
+    """``selfsup eval --protocol finetune``: encoder + linear head trained on the labels (selfsup.evaluation.finetune)."""
+
+    epochs: int = 20
+    max_steps: int | None = None  # stop early (the schedule still spans `epochs`)
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1  # at batch 256, scaled linearly with batch_size
+    weight_decay: float = 5e-4  # never on biases and normalisation parameters
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    min_lr: float = 0.0  # end of the cosine, as a fraction of the peak
+    train_blocks: int = -1  # -1: the whole encoder; k >= 0: only its last k blocks (0: the head alone)
+    layer_decay: float = 1.0  # block i of n gets lr * layer_decay ** (n - i); the head gets lr
+    crop_scale: tuple[float, float] = (0.35, 1.0)  # random resized crop of the training images
+    hflip_p: float = 0.5  # 0 for data that is not mirror-symmetric (digits)
+    label_smoothing: float = 0.0
+    train_subset: int | None = None  # fine-tune on this many training images (a fixed random subset)
+    from_scratch: bool = False  # the control: same architecture, random initialisation
+    seed: int = 0
 
 
 @dataclass
@@ -85,9 +110,13 @@ class EvalConfig:
     at_end: bool = True  # evaluate the encoder when training ends
     knn_k: list[int] = field(default_factory=lambda: [20, 200])
     knn_temperature: float = 0.07
+    knn_index: Literal["flat", "ivf"] = "flat"  # faiss exact search, or an inverted file for millions of features
     linear: bool = True
+    linear_loss: Literal["softmax", "hinge"] = "softmax"  # linear probe: cross-entropy or Crammer-Singer multiclass SVM
+    linear_solver: Literal["sgd", "lbfgs"] = "sgd"  # sgd: the lr x wd grid as parallel heads; lbfgs: exact, softmax only
     random_baseline: bool = False  # also evaluate a randomly initialised encoder, for comparison
     batch_size: int = 512
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass
@@ -344,6 +373,9 @@ def validate_config(cfg: Config) -> Config:
         raise _fail("trainer.momentum", t.momentum, "in [0, 1)")
     if cfg.data.workers is not None and cfg.data.workers < 0:
         raise _fail("data.workers", cfg.data.workers, ">= 0 (or null: one per CPU core)")
+    if cfg.data.streaming == "always" and cfg.data.name != "imagefolder":
+        raise _fail("data.streaming", "always", f"auto or never for data.name={cfg.data.name} "
+                    "(only imagefolder data streams)")
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise _fail("trainer.grad_clip", t.grad_clip, "> 0 (or null for no clipping)")
     if e.knn_temperature <= 0:

@@ -4,6 +4,9 @@ All of them are no-ops in a single process, so methods call them unconditionally
 """
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 
@@ -63,3 +66,119 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     x = x.clone()
     dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x / world_size()
+
+
+@torch.no_grad()
+def mean_over_processes(values: dict[str, float | None]) -> dict[str, float | None]:
+    """Average logged scalars over ranks (each rank's value is the mean over its equal share of the
+    global batch, so this is the global batch's value); ``None`` entries stay ``None``. Every rank
+    must call it with the same keys."""
+    if world_size() == 1:
+        return values
+    keys = sorted(k for k, v in values.items() if v is not None)
+    if not keys:
+        return values
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    x = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return {**values, **dict(zip(keys, (x / world_size()).tolist()))}
+
+
+class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch normalisation whose training statistics are those of the global batch, on any device.
+
+    ``torch.nn.SyncBatchNorm`` runs on CUDA only; this one works over any process group (gloo on
+    CPU included), so 2 CPU processes compute what 1 process computes on their union. The global
+    mean and (biased) variance come from one differentiable all-gather of every rank's mean, sum of
+    squared deviations and count (one collective forward, one backward, per layer); the running
+    statistics are updated as ``nn.BatchNorm`` does, with the global mean and unbiased variance.
+    Normalisation per Ioffe & Szegedy 2015 (arXiv:1502.03167), statistics over all processes
+    ("cross-GPU BN", Peng et al. 2018, arXiv:1711.07240). One process: plain ``F.batch_norm``.
+    Input ``[B, C, *]`` (any number of trailing dims).
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input [B, C, ...], got {input.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch_stats = self.training or not self.track_running_stats
+        if world_size() == 1 or not batch_stats:
+            return super().forward(x)
+        self._check_input_dim(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in fp32 (or fp64) under autocast
+        # One collective: every rank's (mean, sum of squared deviations, count), combined with Chan et
+        # al.'s pairwise update (1979): stable (no E[x^2] - E[x]^2) and differentiable (gather_with_grad).
+        local_mean = xf.mean(dims)
+        local_m2 = (xf - local_mean.view(shape)).square().sum(dims)
+        local_n = torch.full((1,), x.numel() // x.shape[1], dtype=xf.dtype, device=x.device)
+        stats = gather_with_grad(torch.cat([local_mean, local_m2, local_n]).unsqueeze(0))  # [world, 2C + 1]
+        c = x.shape[1]
+        means, m2s, ns = stats[:, :c], stats[:, c : 2 * c], stats[:, 2 * c :].detach()
+        count = ns.sum()
+        mean = (ns * means).sum(0) / count
+        var = (m2s + ns * (means - mean).square()).sum(0) / count  # biased: what BN normalises with
+        centred = xf - mean.view(shape)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                unbiased = var.detach() * (count / (count - 1)) if count > 1 else var.detach()
+                self.running_mean.mul_(1 - factor).add_(mean.detach().to(self.running_mean.dtype), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
+        return y.to(x.dtype)
+
+
+_PLAIN_BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, exclude: tuple[str, ...] = (), cuda: bool = False) -> torch.nn.Module:
+    """Replace every plain ``BatchNorm1d/2d/3d`` in ``module`` by a synchronised one, sharing its
+    parameters and buffers (so optimizers, EMA copies and checkpoints see the same tensors and the
+    same state-dict keys). Submodules named in ``exclude`` (dotted names, e.g. MoCo's shuffle-BN
+    key encoder) keep per-process statistics. Subclasses of BatchNorm (e.g. timm's BatchNormAct2d,
+    which carries its activation) are left alone. ``cuda``: use ``torch.nn.SyncBatchNorm`` (fused
+    CUDA kernels) instead of :class:`SyncBatchNorm`. Returns ``module`` (changed in place) or its
+    replacement when ``module`` itself is a BatchNorm."""
+    cls = torch.nn.SyncBatchNorm if cuda else SyncBatchNorm
+
+    def convert(m: torch.nn.Module, prefix: str) -> torch.nn.Module:
+        if prefix in exclude:
+            return m
+        if type(m) in _PLAIN_BN:
+            new = cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+            if m.affine:
+                new.weight, new.bias = m.weight, m.bias
+            new.running_mean, new.running_var, new.num_batches_tracked = m.running_mean, m.running_var, m.num_batches_tracked
+            new.train(m.training)
+            return new
+        for name, child in list(m.named_children()):
+            replaced = convert(child, f"{prefix}.{name}" if prefix else name)
+            if replaced is not child:
+                setattr(m, name, replaced)
+        return m
+
+    module = convert(module, "")
+    skipped = sorted({type(m).__name__ for name, m in module.named_modules()
+                      if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                      and not isinstance(m, (SyncBatchNorm, torch.nn.SyncBatchNorm))
+                      and not any(name == e or name.startswith(e + ".") for e in exclude)})
+    if skipped:
+        warnings.warn(f"trainer.sync_bn: {', '.join(skipped)} layers keep per-process statistics "
+                      f"(only BatchNorm1d/2d/3d are synchronised)", stacklevel=2)
+    return module
+
+
+def broadcast_path(path):
+    """Rank 0's ``path`` (a ``Path`` or ``None``) on every rank: e.g. the one checkpoint all ranks resume from."""
+    if world_size() == 1:
+        return path
+    box = [None if path is None else str(path)]
+    dist.broadcast_object_list(box, src=0)
+    return None if box[0] is None else Path(box[0])

@@ -34,13 +34,18 @@ from torch import nn
 from selfsup.backbones import create_backbone
 from selfsup.errors import CheckpointError, ConfigError
 
-__all__ = ["export_encoder", "load_encoder", "FORMAT_VERSION", "WEIGHTS_NAME", "CONFIG_NAME"]
+__all__ = [
+    "export_encoder", "export_as", "load_encoder", "Preprocess", "FORMAT_VERSION", "FORMATS", "WEIGHTS_NAME",
+    "CONFIG_NAME", "TORCHSCRIPT_NAME", "ONNX_NAME",
+]
 
 FORMAT_VERSION = 1
 SMALL_STEM_ARG = "selfsup_small_stem"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 TORCHSCRIPT_NAME = "encoder.pt"
+ONNX_NAME = "encoder.onnx"
+FORMATS = ("safetensors", "torchscript", "onnx")
 
 # pretrained_cfg keys describing timm's own weights (where and under which terms they came from),
 # or test-time settings for them; they are wrong for a re-trained encoder and are dropped.
@@ -151,7 +156,8 @@ def _write_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ConfigError(f"export path {out_dir} exists and is not a directory")
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in (WEIGHTS_NAME, CONFIG_NAME, TORCHSCRIPT_NAME))
+        ours = (WEIGHTS_NAME, CONFIG_NAME, TORCHSCRIPT_NAME, ONNX_NAME)
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
         if foreign:
             listed = ", ".join(foreign[:3])
             raise ConfigError(f"export path {out_dir} holds other files ({listed}); refusing to replace it")
@@ -183,6 +189,7 @@ def export_encoder(
     method: str | None = None,
     recipe: dict | None = None,
     crop_pct: float | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``encoder`` to ``out_dir`` as ``model.safetensors`` + ``config.json`` (timm local-folder format).
 
@@ -196,6 +203,8 @@ def export_encoder(
         recipe: The resolved training config, recorded in the ``selfsup`` block (JSON, ``str`` fallback).
         crop_pct: Centre-crop fraction for timm's eval transform (default: timm's value for the
             architecture; 1.0 means resize only, usual for 32-px data).
+        extra: ``extra(tmp_dir)`` writes further files into the export before it replaces ``out_dir``
+            (see :func:`export_as`); if it raises, nothing is replaced.
 
     Returns:
         The export directory.
@@ -208,6 +217,8 @@ def export_encoder(
     def write(tmp: Path) -> None:
         safetensors.torch.save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        if extra is not None:
+            extra(tmp)
 
     _write_atomically(out_dir, write)
     return out_dir
@@ -252,12 +263,49 @@ def _load_weights(model: nn.Module, file: Path) -> None:
         raise CheckpointError(f"weights in {file} do not match the architecture: {'; '.join(problems)}")
 
 
-def load_encoder(path: str | Path) -> nn.Module:
+class Preprocess(nn.Module):
+    """An export's evaluation transform: uint8 (or [0, 1] float) images -> the encoder's normalised input.
+
+    ``forward(x)``: x uint8 ``[B, C, H, W]`` is divided by 255 (float input is used as it is, as
+    non-image data are), resized to the recorded ``input_size`` when its H x W differ (bilinear,
+    antialiased when shrinking, as torchvision's ``Resize`` on tensors and
+    :func:`selfsup.evaluation.extract_features`), then normalised with ``(x - mean) / std``.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], input_size: Sequence[int]):
+        super().__init__()
+        channels = len(mean)
+        std_t = torch.as_tensor(std, dtype=torch.float32)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, channels, 1, 1))
+        self.register_buffer("std", torch.where(std_t > 0, std_t, torch.ones_like(std_t)).view(1, channels, 1, 1))
+        self.input_size = tuple(int(v) for v in input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div(255.0) if not x.is_floating_point() else x.float()
+        size = self.input_size[1:]
+        if tuple(x.shape[-2:]) != size:
+            shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+            x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                                                antialias=shrinking)
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def load_encoder(path: str | Path, *, with_preprocess: bool = False):
     """Rebuild an exported encoder (small stem included) and load its weights.
 
+    Args:
+        path: an export directory (``model.safetensors`` + ``config.json``).
+        with_preprocess: also return the export's :class:`Preprocess` (its recorded input size,
+            mean and std), so that ``encoder(preprocess(uint8_images))`` gives the features.
+
     Returns:
-        The encoder in eval mode, with ``pretrained_cfg`` / ``default_cfg`` from config.json
-        and ``selfsup_spec`` set, so it can be exported again.
+        The encoder in eval mode, with ``pretrained_cfg`` / ``default_cfg`` from config.json,
+        ``selfsup_spec`` set (so it can be exported again) and ``preprocess`` (the
+        :class:`Preprocess`, kept out of the state dict); ``(encoder, preprocess)`` when
+        ``with_preprocess``.
 
     Raises:
         CheckpointError: Missing directory or files, unreadable or mismatched weights.
@@ -277,28 +325,100 @@ def load_encoder(path: str | Path) -> nn.Module:
     pretrained_cfg.setdefault("architecture", config["architecture"])
     model.pretrained_cfg = pretrained_cfg
     model.default_cfg = pretrained_cfg
-    return model.eval()
+    preprocess = _preprocess_from(pretrained_cfg, in_chans, path)
+    object.__setattr__(model, "preprocess", preprocess)  # an attribute, not a submodule: the state dict stays timm's
+    model.eval()
+    return (model, preprocess) if with_preprocess else model
 
 
-def export_as(encoder: nn.Module, out_dir: str | Path, fmt: str, *, method: str | None = None, recipe: Any = None) -> Path:
+def _preprocess_from(cfg: dict[str, Any], in_chans: int, path: Path) -> Preprocess:
+    """The :class:`Preprocess` recorded in ``pretrained_cfg`` (timm's ImageNet defaults are never assumed)."""
+    try:
+        mean, std = [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
+        size = [int(v) for v in cfg["input_size"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / CONFIG_NAME}: pretrained_cfg needs mean, std and input_size ({exc})") from exc
+    if len(mean) != in_chans or len(std) != in_chans or len(size) != 3:
+        raise CheckpointError(f"{path / CONFIG_NAME}: mean/std need {in_chans} values and input_size (C, H, W), "
+                              f"got {mean}, {std}, {size}")
+    return Preprocess(mean, std, size)
+
+
+def export_as(encoder: nn.Module, out_dir: str | Path, fmt: str, *, method: str | None = None, recipe: Any = None,
+              check_batch: int = 3) -> Path:
     """Export an encoder loaded by :func:`load_encoder` (it carries ``pretrained_cfg``) in ``fmt``.
 
-    ``safetensors``: the timm local-folder export. ``torchscript``: ``out_dir/encoder.pt`` as well (traced
-    at the recorded input size, checked to reproduce the encoder's outputs) beside the same
-    ``config.json``, so the preprocessing travels with it.
+    Every format writes the timm local-folder export (``model.safetensors`` + ``config.json``),
+    so the preprocessing travels with the file; the others add:
+
+    - ``torchscript``: ``encoder.pt``, traced at the recorded input size;
+    - ``onnx``: ``encoder.onnx`` (input ``pixels`` [batch, C, H, W], normalised as
+      :class:`Preprocess` does; output ``features`` [batch, D]; the batch dimension is dynamic).
+
+    Both are checked before they are kept: on a random input of ``check_batch`` images (a batch
+    size other than the one traced), the exported model must reproduce the encoder's outputs
+    within 1e-5 (absolute + relative); ONNX is run with onnxruntime when it is installed
+    (``pip install 'selfsup[onnx]'``), otherwise only onnx's model checker runs, if present.
     """
     import dataclasses
 
+    if fmt not in FORMATS:
+        raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     cfg = encoder.pretrained_cfg
     recipe = dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else recipe
-    out_dir = export_encoder(encoder, out_dir, mean=cfg["mean"], std=cfg["std"], input_size=tuple(cfg["input_size"]),
-                             method=method, recipe=recipe, crop_pct=cfg.get("crop_pct"))
-    if fmt == "torchscript":
-        encoder = encoder.eval()
-        example = torch.rand(2, *cfg["input_size"])
-        with torch.no_grad():
-            traced = torch.jit.trace(encoder, example)
-            if not torch.allclose(traced(example), encoder(example), atol=1e-5, rtol=1e-5):
-                raise RuntimeError("the traced encoder does not reproduce the encoder's outputs")
-        traced.save(str(out_dir / TORCHSCRIPT_NAME))
-    return out_dir
+    encoder = getattr(encoder, "_orig_mod", encoder).eval()
+    example = torch.rand(2, *cfg["input_size"])
+    check = torch.rand(check_batch, *cfg["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = encoder(check)
+
+    def extra(tmp: Path) -> None:
+        if fmt == "torchscript":
+            with torch.no_grad():
+                traced = torch.jit.trace(encoder, example)
+                _check_close(traced(check), expected, "TorchScript")
+            traced.save(str(tmp / TORCHSCRIPT_NAME))
+        elif fmt == "onnx":
+            _export_onnx(encoder, example, tmp / ONNX_NAME)
+            _check_onnx(tmp / ONNX_NAME, check, expected)
+
+    return export_encoder(encoder, out_dir, mean=cfg["mean"], std=cfg["std"], input_size=tuple(cfg["input_size"]),
+                          method=method, recipe=recipe, crop_pct=cfg.get("crop_pct"), extra=extra)
+
+
+def _check_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    actual = torch.as_tensor(actual)
+    if actual.shape != expected.shape or not torch.allclose(actual, expected, atol=1e-5, rtol=1e-5):
+        diff = (actual - expected).abs().max().item() if actual.shape == expected.shape else "shape"
+        raise CheckpointError(f"the {what} export does not reproduce the encoder's outputs (max difference {diff})")
+
+
+def _export_onnx(encoder: nn.Module, example: torch.Tensor, file: Path) -> None:
+    """``torch.onnx.export`` with a dynamic batch; the TorchScript-based exporter (no extra dependency),
+    or torch.export's when that one is gone (it needs ``onnxscript``)."""
+    import warnings
+
+    kwargs = dict(input_names=["pixels"], output_names=["features"], opset_version=17)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
+            torch.onnx.export(encoder, (example,), str(file), dynamo=False,
+                              dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}}, **kwargs)
+    except (TypeError, NotImplementedError):  # a torch without the TorchScript-based exporter
+        torch.onnx.export(encoder, (example,), str(file), dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), **kwargs)
+
+
+def _check_onnx(file: Path, check: torch.Tensor, expected: torch.Tensor) -> None:
+    try:
+        import onnxruntime
+    except ImportError:
+        try:
+            import onnx
+        except ImportError:
+            return
+        onnx.checker.check_model(str(file))
+        return
+    session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    (out,) = session.run(["features"], {"pixels": check.numpy()})
+    _check_close(torch.from_numpy(out), expected, "ONNX")

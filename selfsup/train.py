@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from accelerate import Accelerator
 from selfsup.backbones import create_backbone, default_model_args, is_sequence_backbone
 from selfsup.config import Config, config_to_dict, save_config, validate_config, validate_paths
 from selfsup.data import ImageDataset, load_dataset
+from selfsup.data.streaming import StreamingImageFolder, is_streaming, open_split
 from selfsup.errors import ConfigError
 from selfsup.evaluation.protocols import evaluate, format_table
 from selfsup.export import export_encoder
@@ -24,8 +26,12 @@ def run_dir_of(cfg: Config) -> Path:
     return Path(cfg.run.dir or Path("runs") / (cfg.recipe or cfg.method.name))
 
 
-def load_split(cfg: Config, split: str) -> ImageDataset:
+def load_split(cfg: Config, split: str) -> ImageDataset | StreamingImageFolder:
+    """One split: in memory, or (a large imagefolder split, or ``data.streaming=always``) read on demand."""
     d = cfg.data
+    streamed = open_split(d, split, seed=cfg.trainer.seed)
+    if streamed is not None:
+        return streamed
     return load_dataset(d.name, split, root=d.root, train_path=d.train, val_path=d.val, image_size=d.image_size,
                         download=d.download, cache_dir=d.cache_dir, num_samples=d.num_samples,
                         num_classes=d.num_classes, seed=cfg.trainer.seed, on_bad_file=d.on_bad_file)
@@ -35,8 +41,8 @@ def build_method(cfg: Config, data: ImageDataset) -> Method:
     """The method around a freshly initialised backbone (initialisation seeded by ``trainer.seed``)."""
     _check_non_image_data(cfg, data)
     torch.manual_seed(cfg.trainer.seed)
-    channels, size = data.images.shape[1], data.images.shape[-1]
-    model_args = {**default_model_args(cfg.backbone.name, tuple(data.images.shape[-2:])), **cfg.backbone.model_args}
+    channels, size = data.shape[0], data.shape[-1]
+    model_args = {**default_model_args(cfg.backbone.name, tuple(data.shape[-2:])), **cfg.backbone.model_args}
     backbone = create_backbone(cfg.backbone.name, small_stem=cfg.backbone.small_stem,
                                pretrained=cfg.backbone.pretrained, in_chans=channels, **model_args)
     return create_method(cfg.method, backbone, image_size=size, num_classes=len(data.classes))
@@ -45,7 +51,7 @@ def build_method(cfg: Config, data: ImageDataset) -> Method:
 def _check_non_image_data(cfg: Config, data: ImageDataset) -> None:
     """Float data (sequences) are never augmented, so only label-trained methods make sense on them;
     NaN padding (variable lengths) needs a backbone that reads it as lengths."""
-    if not data.images.is_floating_point():
+    if is_streaming(data) or not data.images.is_floating_point():  # streamed data are uint8 images
         return
     if not METHODS.get(cfg.method.name).uses_labels:
         raise ConfigError(f"data.name={cfg.data.name} holds non-image data, which gets no augmentation: "
@@ -58,7 +64,16 @@ def _check_non_image_data(cfg: Config, data: ImageDataset) -> None:
 def make_accelerator(cfg: Config) -> Accelerator:
     if cfg.trainer.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("trainer.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
-    return Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.trainer.precision])
+    # Launched processes (torchrun / accelerate launch) on a machine without an accelerator: CPU
+    # processes over gloo. Accelerate picks MULTI_CPU only when told cpu=True; otherwise every
+    # process would train alone on the whole job (and they would all write the run directory).
+    cpu = not _has_accelerator() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.trainer.precision], cpu=cpu)
+
+
+def _has_accelerator() -> bool:
+    probe = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
+    return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
 
 
 def train(cfg: Config) -> dict:
@@ -69,6 +84,8 @@ def train(cfg: Config) -> dict:
     acc = make_accelerator(cfg)
     with acc.main_process_first():  # rank 0 decodes and caches; the others read its cache
         train_data = load_split(cfg, "train")
+    if is_streaming(train_data):
+        acc.print(train_data.describe())
     method = build_method(cfg, train_data)
     trainer = Trainer(cfg, method, train_data, run_dir, acc)
     trainer.resume()  # an incompatible checkpoint is refused before the run directory changes
@@ -77,26 +94,32 @@ def train(cfg: Config) -> dict:
         save_config(cfg, run_dir / "config.yaml")
     acc.print(f"run directory: {run_dir}  |  {trainer.total_steps} steps of {cfg.trainer.batch_size} images "
               f"({trainer.micro_batch} per process x {acc.num_processes} processes x {cfg.trainer.grad_accum} accumulation), "
-              f"peak lr {trainer.schedules['lr'].max():.4g}")
+              f"peak lr {trainer.schedules['lr'].max():.4g} (trainer.lr={cfg.trainer.lr:g} at batch 256, "
+              f"lr_scaling={cfg.trainer.lr_scaling}, on the global batch)"
+              + (f", BatchNorm {'synchronised' if trainer.sync_bn else 'per process'}" if acc.num_processes > 1 else ""))
     trainer.fit()
     results: dict = {}
     if acc.is_main_process:
-        encoder = trainer.method.encoder
-        export_encoder(encoder, run_dir / "encoder", mean=train_data.mean, std=train_data.std,
-                       input_size=tuple(train_data.images.shape[1:]), method=cfg.method.name,
+        export_encoder(trainer.method.encoder, run_dir / "encoder", mean=train_data.mean, std=train_data.std,
+                       input_size=tuple(train_data.shape), method=cfg.method.name,
                        recipe=config_to_dict(cfg))
+    # The other processes stop here: rank 0 evaluates the whole validation split alone (no sample is
+    # counted twice, and no barrier waits on an evaluation that may outlast the collective timeout).
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        encoder = trainer.method.encoder
         if cfg.eval.at_end:
             classifier = trainer.method if hasattr(trainer.method, "classify") else None
             results = _evaluate_run(cfg, encoder, train_data, run_dir, acc.device, classifier)
         print(finish_run(run_dir, cfg, total_steps=trainer.total_steps, results=results))
-    acc.wait_for_everyone()
     return results
 
 
 def _evaluate_run(cfg: Config, encoder, train_data: ImageDataset, run_dir: Path, device, classifier=None) -> dict:
     """kNN / linear probe on ``encoder`` (plus ``classifier``'s own head, if any); writes eval.json."""
     val_data = load_split(cfg, "val")
-    results = evaluate(encoder, train_data, val_data, cfg.eval, device=device, classifier=classifier)
+    results = evaluate(encoder, train_data, val_data, cfg.eval, device=device, classifier=classifier,
+                       cache_dir=run_dir / "features", plots_dir=run_dir / "plots" if cfg.run.plots else None)
     (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     rows = {f"{cfg.method.name} (pretrained)": results}
     if cfg.eval.random_baseline:

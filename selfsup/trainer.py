@@ -1,7 +1,8 @@
 """The training loop: method-agnostic, on Accelerate (one process, many GPUs, many machines, CPU).
 
-Read top to bottom: build schedules, resume, then per step slice a batch, make views on the
-device, run the method, step the optimizer, update EMA/queues/centres, log, checkpoint.
+Read top to bottom: build schedules, resume, then per step slice a batch (or, for a streaming
+split, take the step's uint8 batch from DataLoader workers), make views on the device, run the
+method, step the optimizer, update EMA/queues/centres, log, checkpoint.
 Host synchronisation happens only at log and checkpoint steps (and once per step with
 ``trainer.nonfinite=skip``; see :mod:`selfsup.guard`).
 """
@@ -23,6 +24,8 @@ from selfsup.checkpoint import (discard_after, latest_checkpoint, load_checkpoin
                                 set_rng_state)
 from selfsup.config import Config, config_to_dict, validate_run
 from selfsup.data import ImageDataset
+from selfsup.data.streaming import StepStream, StreamingImageFolder, is_streaming
+from selfsup.distributed import broadcast_path, convert_sync_batchnorm, mean_over_processes
 from selfsup.errors import CheckpointError, NonFiniteError, TrainingInterrupted
 from selfsup.guard import NonFiniteGuard
 from selfsup.methods.base import Method
@@ -62,19 +65,28 @@ def view_seed(seed: int, step: int, process: int, micro: int) -> int:
 class Trainer:
     """Trains ``method`` on ``data`` as ``cfg.trainer`` says, writing into ``run_dir``."""
 
-    def __init__(self, cfg: Config, method: Method, data: ImageDataset, run_dir: Path, accelerator: Accelerator):
+    def __init__(self, cfg: Config, method: Method, data: ImageDataset | StreamingImageFolder, run_dir: Path,
+                 accelerator: Accelerator):
         self.cfg, self.tc, self.data, self.run_dir, self.acc = cfg, cfg.trainer, data, Path(run_dir), accelerator
-        self.micro_batch = validate_run(cfg, num_images=len(data), image_hw=tuple(data.images.shape[-2:]),
+        self.micro_batch = validate_run(cfg, num_images=len(data), image_hw=tuple(data.shape[-2:]),
                                         processes=accelerator.num_processes, min_batch_size=method.min_batch_size)
         self.sampler = EpochSampler(len(data), self.tc.batch_size, self.tc.seed)
         self.total_steps = self.tc.epochs * self.sampler.steps_per_epoch
         self.end_step = min(self.total_steps, self.tc.max_steps) if self.tc.max_steps else self.total_steps
         self.view_maker = ViewMaker(method.views, data.mean, data.std)
-        self.images = data.images.to(accelerator.device)
-        self.labels = data.labels.to(accelerator.device)
+        self.stream: StepStream | None = None
+        if is_streaming(data):  # DataLoader workers decode this process's share of each step, ahead of time
+            self.stream = StepStream(data, self.sampler, stop=self.total_steps, rank=accelerator.process_index,
+                                     world=accelerator.num_processes, pin_memory=accelerator.device.type == "cuda")
+        else:  # wholly on the device: a batch is an index slice
+            self.images = data.images.to(accelerator.device)
+            self.labels = data.labels.to(accelerator.device)
         self.schedules = self._build_schedules(method)
         if self.tc.channels_last:
             method = method.to(memory_format=torch.channels_last)
+        self.sync_bn = method.sync_bn_default if self.tc.sync_bn is None else self.tc.sync_bn
+        if self.sync_bn and accelerator.num_processes > 1:  # BN over the global batch (shares the parameters)
+            method = convert_sync_batchnorm(method, exclude=method.local_bn_modules, cuda=accelerator.device.type == "cuda")
         self.optimizer = create_optimizer(method, self.tc, lr=float(self.schedules["lr"][0]))
         self.model, self.optimizer = accelerator.prepare(method, self.optimizer)
         self.method: Method = accelerator.unwrap_model(self.model)
@@ -111,10 +123,14 @@ class Trainer:
         if mode == "never":
             return
         if mode == "auto":
-            found = latest_checkpoint(self.run_dir / "checkpoints")
-            if found is None:
+            # Rank 0 picks the checkpoint and every rank loads that one file (a rank must never resume
+            # from another step, e.g. when a newer file appears or is unreadable on one of them).
+            found = latest_checkpoint(self.run_dir / "checkpoints") if self.acc.is_main_process else None
+            chosen = broadcast_path(found[0] if found else None)
+            if chosen is None:
                 return
-            path, state = found
+            path = chosen
+            state = found[1] if found and found[0] == chosen else load_checkpoint(chosen)
         else:
             path, state = Path(mode), load_checkpoint(Path(mode))
         self._check_compatible(path, state.get("meta", {}))
@@ -159,6 +175,8 @@ class Trainer:
         try:
             self._loop()
         finally:
+            if self.stream is not None:
+                self.stream.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.log.close()
@@ -196,15 +214,21 @@ class Trainer:
     def make_batches(self, step: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         """This process's micro-batches of ``step`` as (views, labels), made lazily on the device."""
         acc, tc = self.acc, self.tc
-        indices = self.sampler.indices(step, acc.process_index, acc.num_processes).to(acc.device)
-        for micro, chunk in enumerate(indices.split(self.micro_batch)):
+        if self.stream is not None:  # the same indices' uint8 pixels, decoded by the loader's workers
+            images, labels = self.stream.batch(step)
+            images, labels = images.to(acc.device, non_blocking=True), labels.to(acc.device, non_blocking=True)
+            chunks = zip(images.split(self.micro_batch), labels.split(self.micro_batch))
+        else:
+            indices = self.sampler.indices(step, acc.process_index, acc.num_processes).to(acc.device)
+            chunks = ((self.images[chunk], self.labels[chunk]) for chunk in indices.split(self.micro_batch))
+        for micro, (images, labels) in enumerate(chunks):
             # Augmentation randomness is a pure function of (seed, step, process, micro-batch),
             # so views are reproducible and a resumed run sees exactly the views it would have.
             self.generator.manual_seed(view_seed(tc.seed, step, acc.process_index, micro))
-            views = self.view_maker(self.images[chunk], self.generator)
+            views = self.view_maker(images, self.generator)
             if tc.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            yield views, self.labels[chunk]
+            yield views, labels
 
     def optimize(self, step: int, batches: Iterable[tuple[list[torch.Tensor], torch.Tensor]]) -> dict[str, torch.Tensor]:
         """One optimizer step over ``grad_accum`` micro-batches; returns the detached mean outputs
@@ -241,6 +265,7 @@ class Trainer:
 
     def _log_row(self, means: dict[str, float | None], steps: int, seconds: float) -> dict:
         self._tick()
+        means = mean_over_processes(means)  # every rank logs its share's means; the row holds the global batch's
         row = {"step": self.step, "epoch": self.step / self.sampler.steps_per_epoch, **means,
                **self.values(self.step - 1), "images_per_s": steps * self.tc.batch_size / max(seconds, 1e-9),
                "time_s": round(self.elapsed, 3)}

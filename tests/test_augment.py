@@ -258,3 +258,41 @@ def test_viewmaker_rejects_bad_input():
         vm(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), _gen(0))
     with pytest.raises(ConfigError):
         A.ViewMaker([(A.AugmentSpec.simclr(8), 0)], MEAN, STD)
+
+
+def test_per_sample_jitter_order_composes_each_samples_ops_in_its_own_order():
+    x = _images(b=24)
+    params = A.sample_jitter_params(24, 0.4, 0.4, 0.4, 0.1, 0.75, _gen(7))
+    order = A.sample_jitter_order(24, _gen(8))
+    assert sorted(order[0].tolist()) == [0, 1, 2, 3] and len({tuple(o) for o in order.tolist()}) > 1
+    out = A.apply_color_jitter(x, params, order)
+    ops = (A.adjust_brightness, A.adjust_contrast, A.adjust_saturation, A.adjust_hue)
+    names = ("brightness", "contrast", "saturation", "hue")
+    for i in range(24):  # loop reference: one image, its own order, torchvision's composition
+        ref = x[i : i + 1]
+        if params["apply"][i]:
+            for op in order[i].tolist():
+                ref = ops[op](ref, params[names[op]][i : i + 1])
+        torch.testing.assert_close(out[i : i + 1], ref)
+
+
+def test_views_of_one_batch_do_not_share_one_jitter_order():
+    # hue then saturation differs from saturation then hue: with per-sample orders, a batch of one
+    # image repeated shows both results among its views (a shared order would give one of them)
+    x = torch.full((64, 3, 8, 8), 0, dtype=torch.uint8)
+    x[:, 0], x[:, 1] = 200, 60
+    spec = A.AugmentSpec(size=8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=1.0,
+                         brightness=0.0, contrast=0.0, saturation=0.9, hue=0.4, grayscale_p=0.0)
+    maker = A.ViewMaker([(spec, 1)], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    (v,) = maker(x, _gen(0))
+    params = A.sample_jitter_params(64, 0.0, 0.0, 0.9, 0.4, 1.0, _gen(0))
+    g = _gen(0)
+    A.sample_crop_boxes(64, 8, 8, (1.0, 1.0), (1.0, 1.0), g)  # replay the maker's draws
+    params = A.sample_jitter_params(64, 0.0, 0.0, 0.9, 0.4, 1.0, g)
+    xf = x.float() / 255
+    hue_first = A.adjust_saturation(A.adjust_hue(xf, params["hue"]), params["saturation"])
+    sat_first = A.adjust_hue(A.adjust_saturation(xf, params["saturation"]), params["hue"])
+    is_hue_first = (v - hue_first).abs().amax(dim=(1, 2, 3)) < 1e-5
+    is_sat_first = (v - sat_first).abs().amax(dim=(1, 2, 3)) < 1e-5
+    assert bool((is_hue_first | is_sat_first).all())
+    assert bool((is_hue_first & ~is_sat_first).any()) and bool((is_sat_first & ~is_hue_first).any())

@@ -284,3 +284,35 @@ def test_model_args_config_key_and_list_output(capsys):
     out = capsys.readouterr().out
     assert "supervised" in out and "lstm, gru, seq_transformer   every method except dino, jigsaw" in out
     assert "sequence" in out.split("datasets:")[1].split("backbones:")[0]
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru", "seq_transformer", "vit"])
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript"])
+def test_baseline_run_through_selfsup_eval_and_export(family, fmt, tmp_path, capsys):
+    """A trained baseline run: `selfsup eval` re-measures the run's kNN accuracy, and `selfsup export`
+    writes an encoder that reproduces the run's features (and `selfsup eval` accepts that export)."""
+    from selfsup.cli import main
+
+    name, model_args, extra = BASELINES[family]
+    data = {"name": "synthetic", "image_size": 16, "num_samples": 128}
+    _, results = run_baseline(tmp_path, name, model_args, extra, data)
+    run = tmp_path / "run"
+    assert main(["eval", str(run), "--protocol", "knn"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["knn_k5"]["top1"] == pytest.approx(results["knn_k5"]["top1"])
+    assert json.loads((run / "eval.json").read_text())["classifier"] == results["classifier"]  # merged, not replaced
+
+    out = tmp_path / "export"
+    assert main(["export", str(run), "--out", str(out), "--format", fmt]) == 0
+    original, exported = load_encoder(run / "encoder"), load_encoder(out)
+    assert json.loads((out / "config.json").read_text())["architecture"] == name
+    x = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        reference = original(x)
+        torch.testing.assert_close(exported(x), reference)
+        if fmt == "torchscript":
+            torch.testing.assert_close(torch.jit.load(str(out / "encoder.pt"))(x), reference, atol=1e-5, rtol=1e-5)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--protocol", "knn"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["knn_k5"]["top1"] == pytest.approx(
+        results["knn_k5"]["top1"])

@@ -163,3 +163,107 @@ def test_corrupt_or_missing_files(tmp_path: Path) -> None:
     (out / "model.safetensors").write_bytes(data)
     with pytest.raises(CheckpointError, match="unreadable"):
         load_encoder(out)
+
+
+# ----------------------------------------------------------------------------- bit-for-bit, preprocessing, formats
+
+
+def test_safetensors_round_trip_is_bit_for_bit(small_export: tuple[nn.Module, Path], x: torch.Tensor) -> None:
+    model, out = small_export
+    loaded = load_encoder(out)
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert original.keys() == reloaded.keys()
+    for key, tensor in original.items():
+        assert reloaded[key].dtype == tensor.dtype and torch.equal(reloaded[key], tensor), key
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_export_records_what_a_user_needs(small_export: tuple[nn.Module, Path]) -> None:
+    config = json.loads((small_export[1] / "config.json").read_text())
+    assert config["architecture"] == "resnet10t" and config["selfsup"]["small_stem"] is True
+    assert config["model_args"]["selfsup_small_stem"] is True
+    cfg = config["pretrained_cfg"]
+    assert cfg["input_size"] == list(SIZE) and cfg["mean"] == list(MEAN) and cfg["std"] == list(STD)
+    assert config["selfsup"]["method"] == "simclr"
+
+
+def test_load_encoder_returns_its_preprocessing(small_export: tuple[nn.Module, Path]) -> None:
+    from selfsup.evaluation import extract_features
+
+    _, out = small_export
+    encoder, preprocess = load_encoder(out, with_preprocess=True)
+    assert not encoder.training and encoder.preprocess is preprocess
+    assert not any(k.startswith("preprocess") for k in encoder.state_dict())  # timm's state dict, unchanged
+    images = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = encoder(preprocess(images))  # resized 40 -> 32 (antialiased), normalised
+    expected = extract_features(encoder, images, MEAN, STD, image_size=32, progress=False)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    x = preprocess(images[:, :, :32, :32])
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    manual = (images[:, :, :32, :32].float() / 255 - mean) / std
+    torch.testing.assert_close(x, manual)
+
+
+def _fake_run(tmp_path: Path, model: nn.Module) -> Path:
+    """A run directory as training leaves it: config.yaml and encoder/."""
+    import yaml
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"method": {"name": "simclr"}, "backbone": {"name": "resnet10t"}}))
+    _export(model, run / "encoder", method="simclr")
+    return run
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx"])
+def test_cli_export_formats_reproduce_the_encoder(tmp_path: Path, fmt: str) -> None:
+    from selfsup.cli import main
+
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    model = _perturbed(create_backbone("resnet10t", small_stem=True))
+    run = _fake_run(tmp_path, model)
+    out = tmp_path / "exported"
+    assert main(["export", str(run), "--out", str(out), "--format", fmt]) == 0
+    x5 = torch.rand(5, *SIZE, generator=torch.Generator().manual_seed(3))  # another batch size than traced
+    with torch.no_grad():
+        expected = model(x5)
+        assert torch.equal(load_encoder(out)(x5), expected)  # the safetensors part, every format
+    files = sorted(p.name for p in out.iterdir())
+    if fmt == "torchscript":
+        assert files == ["config.json", "encoder.pt", "model.safetensors"]
+        torch.testing.assert_close(torch.jit.load(str(out / "encoder.pt"))(x5), expected, atol=1e-5, rtol=1e-5)
+    elif fmt == "onnx":
+        assert files == ["config.json", "encoder.onnx", "model.safetensors"]
+        ort = pytest.importorskip("onnxruntime")
+        session = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
+        (got,) = session.run(["features"], {"pixels": x5.numpy()})
+        torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-5, rtol=1e-5)
+    else:
+        assert files == ["config.json", "model.safetensors"]
+
+
+def test_onnx_export_that_does_not_reproduce_is_refused(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    import selfsup.export as export_module
+
+    model = _perturbed(create_backbone("resnet10t"))
+    out = _export(model, tmp_path / "encoder")
+    loaded = load_encoder(out)
+    real = export_module._export_onnx
+    other = create_backbone("resnet10t").eval()  # other weights, same architecture
+    monkeypatch.setattr(export_module, "_export_onnx", lambda encoder, example, file: real(other, example, file))
+    target = tmp_path / "onnx"
+    with pytest.raises(CheckpointError, match="ONNX export does not reproduce"):
+        export_module.export_as(loaded, target, "onnx")
+    assert not target.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["encoder"]
+
+
+def test_export_as_rejects_unknown_format(tmp_path: Path) -> None:
+    from selfsup.export import export_as
+
+    loaded = load_encoder(_export(create_backbone("resnet10t"), tmp_path / "encoder"))
+    with pytest.raises(ConfigError, match="format"):
+        export_as(loaded, tmp_path / "x", "tflite")

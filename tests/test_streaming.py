@@ -166,3 +166,192 @@ def test_unreadable_file_is_replaced_or_fatal(folder, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a batch without the bad file: no warning
         next(stream_batches(s, seq, range(1, 2), num_workers=0))
+
+
+# --------------------------------------------------------------------------- wired into training and evaluation
+
+
+def _jpeg_folder(root: Path, classes: int = 4, per_class: int = 12, seed: int = 0) -> Path:
+    """``classes`` x ``per_class`` JPEGs of mixed sizes (decoded to a 16-px canvas by the tests)."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            w, h = [(16, 16), (24, 18), (17, 30), (40, 40)][i % 4]
+            base = rng.integers(0, 256, (1, 1, 3)) + 60 * c
+            pixels = np.clip(base + rng.integers(-40, 41, (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i:02d}.jpg", quality=80)
+    return root
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory) -> Path:
+    return _jpeg_folder(tmp_path_factory.mktemp("jpegs") / "train")
+
+
+TINY = ["data.name=imagefolder", "data.image_size=16", "backbone.name=test_resnet", "backbone.small_stem=true",
+        "method.proj_hidden_dim=32", "method.proj_dim=16", "trainer.batch_size=16", "trainer.epochs=3",
+        "trainer.warmup_epochs=1", "trainer.log_every=1", "trainer.optimizer=sgd", "trainer.lr=0.5",
+        "eval.at_end=false", "run.plots=false", "run.tensorboard=false"]
+
+
+def _config(tmp_path, train_dir, *extra):
+    from selfsup.config import load_config
+
+    return load_config("simclr-digits", [*TINY, f"data.train={train_dir}", f"data.val={train_dir}",
+                                         f"data.cache_dir={tmp_path / 'cache'}", f"run.dir={tmp_path / 'run'}",
+                                         *extra])
+
+
+def _trainer(cfg, tmp_path):
+    from selfsup.train import build_method, load_split, make_accelerator
+    from selfsup.trainer import Trainer
+
+    data = load_split(cfg, "train")
+    return Trainer(cfg, build_method(cfg, data), data, tmp_path / "run", make_accelerator(cfg)), data
+
+
+def test_load_split_streams_above_the_threshold_or_when_asked(jpegs, tmp_path):
+    from selfsup.config import load_config
+    from selfsup.errors import ConfigError
+    from selfsup.train import load_split
+
+    assert isinstance(load_split(_config(tmp_path, jpegs), "train"), ImageDataset)  # 48 x 3 x 16 x 16 < 8 GiB
+    small = load_split(_config(tmp_path, jpegs, "data.in_memory_max_gb=1e-6"), "train")
+    assert isinstance(small, StreamingImageFolder) and small.shape == (3, 16, 16) and len(small) == 48
+    assert "48 images decoded to uint8 3x16x16" in small.describe() and "estimated on 48" in small.describe()
+    forced = load_split(_config(tmp_path, jpegs, "data.streaming=always", "data.workers=3"), "val")
+    assert isinstance(forced, StreamingImageFolder) and forced.setting == "data.val" and forced.workers == 3
+    never = load_split(_config(tmp_path, jpegs, "data.in_memory_max_gb=0", "data.streaming=never"), "train")
+    assert isinstance(never, ImageDataset)
+    sub = load_split(_config(tmp_path, jpegs, "data.streaming=always", "data.num_samples=20"), "train")
+    sub_mem = load_split(_config(tmp_path, jpegs, "data.num_samples=20"), "train")
+    assert len(sub) == 20 and torch.equal(sub.decode(range(20))[0], sub_mem.images)  # the same subset
+    with pytest.raises(ConfigError, match="data.streaming"):
+        load_config("simclr-digits", ["data.streaming=always"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_trainer_streams_the_in_memory_batches(jpegs, tmp_path, workers):
+    """Same seed: the streamed trainer takes the same uint8 pixels and labels at every step, and so
+    makes the same views, as the in-memory trainer (over an epoch boundary, and after a jump back)."""
+    memory, mem_data = _trainer(_config(tmp_path / "m", jpegs), tmp_path / "m")
+    stream, stream_data = _trainer(_config(tmp_path / "s", jpegs, "data.streaming=always", f"data.workers={workers}"),
+                                   tmp_path / "s")
+    assert isinstance(mem_data, ImageDataset) and isinstance(stream_data, StreamingImageFolder)
+    assert stream_data.mean == mem_data.mean and stream_data.std == mem_data.std  # sample = whole split here
+    try:
+        for step in [0, 1, 2, 3, 4, 1, 2]:  # 3 steps per epoch; then back, as a resume would
+            idx = memory.sampler.indices(step, 0, 1)
+            pixels, labels = stream.stream.batch(step) if step < 3 else (None, None)
+            if pixels is not None:
+                assert torch.equal(pixels, mem_data.images[idx]) and torch.equal(labels, mem_data.labels[idx])
+            (views_m, labels_m), = list(memory.make_batches(step))
+            (views_s, labels_s), = list(stream.make_batches(step))
+            assert torch.equal(labels_m, labels_s) and torch.equal(labels_s, mem_data.labels[idx])
+            assert len(views_m) == len(views_s) == 2
+            for a, b in zip(views_m, views_s):
+                assert torch.equal(a, b)
+    finally:
+        stream.stream.close()
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _final_weights(run_dir: Path) -> dict:
+    from selfsup.checkpoint import list_checkpoints, load_checkpoint
+
+    return load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])["model"]
+
+
+def test_streaming_run_resumed_mid_epoch_equals_uninterrupted_and_in_memory(jpegs, tmp_path):
+    from selfsup.train import train
+
+    stream = ["data.streaming=always", "data.workers=2", "trainer.epochs=2"]
+    train(_config(tmp_path / "memory", jpegs, "trainer.epochs=2", "resume=never"))
+    train(_config(tmp_path / "full", jpegs, *stream, "resume=never"))
+    part = _config(tmp_path / "part", jpegs, *stream, "trainer.max_steps=4", "trainer.checkpoint_every=100")
+    train(part)  # stops at step 4: one step into the second epoch (3 steps per epoch)
+    train(_config(tmp_path / "part", jpegs, *stream))  # resume=auto continues at step 4
+    memory, full, resumed = (_metrics(tmp_path / d / "run") for d in ("memory", "full", "part"))
+    assert [r["step"] for r in resumed] == list(range(1, 7)) == [r["step"] for r in full]
+    for a, b, c in zip(memory, full, resumed):
+        assert a["lr"] == b["lr"] == c["lr"]
+        assert b["loss"] == pytest.approx(c["loss"], rel=1e-6, abs=1e-7)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)
+    w_mem, w_full, w_part = (_final_weights(tmp_path / d / "run") for d in ("memory", "full", "part"))
+    for key in w_full:
+        assert torch.equal(w_full[key], w_part[key]), key
+        assert torch.allclose(w_full[key].float(), w_mem[key].float(), rtol=1e-5, atol=1e-6), key
+
+
+def test_streamed_evaluation_equals_in_memory(jpegs, tmp_path):
+    """Features are extracted batch by batch from the workers, in file order; the protocols agree."""
+    from selfsup.config import load_config
+    from selfsup.evaluation.features import extract_features
+    from selfsup.evaluation.protocols import evaluate
+    from selfsup.train import build_method, load_split
+
+    cfg_m = _config(tmp_path, jpegs, "eval.linear=false", "eval.knn_k=[3]")
+    cfg_s = _config(tmp_path, jpegs, "eval.linear=false", "eval.knn_k=[3]", "data.streaming=always",
+                    "data.workers=2")
+    mem, streamed = load_split(cfg_m, "train"), load_split(cfg_s, "train")
+    encoder = build_method(cfg_m, mem).encoder.eval()
+    f_mem = extract_features(encoder, mem.images, mem.mean, mem.std, batch_size=10, progress=False)
+    f_str = extract_features(encoder, streamed, streamed.mean, streamed.std, batch_size=10, progress=False)
+    assert f_str.shape == (48, encoder.num_features) and torch.equal(f_mem, f_str)
+    r_mem = evaluate(encoder, mem, load_split(cfg_m, "val"), cfg_m.eval, progress=False)
+    r_str = evaluate(encoder, streamed, load_split(cfg_s, "val"), cfg_s.eval, progress=False)
+    assert r_mem == r_str and 0 <= r_str["knn_k3"]["top1"] <= 1
+
+
+def test_streaming_run_trains_exports_and_evaluates(jpegs, tmp_path):
+    import json
+
+    from selfsup.train import train
+
+    cfg = _config(tmp_path, jpegs, "data.streaming=always", "data.workers=1", "trainer.max_steps=2",
+                  "eval.at_end=true", "eval.linear=false", "eval.knn_k=[3]")
+    results = train(cfg)
+    run = tmp_path / "run"
+    assert 0 <= results["knn_k3"]["top1"] <= 1 and json.loads((run / "eval.json").read_text()) == results
+    exported = json.loads((run / "encoder" / "config.json").read_text())
+    assert exported["pretrained_cfg"]["input_size"] == [3, 16, 16]
+
+
+def test_streaming_bad_files_follow_on_bad_file(jpegs, tmp_path):
+    """An empty file is dropped at the scan as the in-memory path drops it (indices still agree);
+    a corrupt one is replaced in its batch (skip) or stops the run naming it (error)."""
+    import shutil
+
+    from selfsup.train import train
+
+    root = tmp_path / "bad"
+    shutil.copytree(jpegs, root)
+    (root / "c1" / "03.jpg").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"c1/03\.jpg"):
+        memory, mem_data = _trainer(_config(tmp_path / "m", root), tmp_path / "m")
+    with pytest.warns(UserWarning, match=r"c1/03\.jpg"):
+        stream, _ = _trainer(_config(tmp_path / "s", root, "data.streaming=always", "data.workers=0"), tmp_path / "s")
+    assert len(mem_data) == 47 and len(stream.data) == 47
+    for step in range(3):
+        (views_m, labels_m), = list(memory.make_batches(step))
+        (views_s, labels_s), = list(stream.make_batches(step))
+        assert torch.equal(labels_m, labels_s) and all(torch.equal(a, b) for a, b in zip(views_m, views_s))
+    stream.stream.close()
+    with pytest.raises(DataError, match=r"c1/03\.jpg"):
+        _config_s = _config(tmp_path / "e", root, "data.streaming=always", "data.on_bad_file=error")
+        _trainer(_config_s, tmp_path / "e")
+
+    (root / "c1" / "03.jpg").unlink()
+    (root / "c2" / "05.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    stream_args = ["data.streaming=always", "data.workers=2", "trainer.max_steps=3"]
+    with pytest.warns(UserWarning, match=r"c2/05\.jpg"):
+        train(_config(tmp_path / "skip", root, *stream_args))
+    assert [r["step"] for r in _metrics(tmp_path / "skip" / "run")] == [1, 2, 3]
+    with pytest.raises(DataError, match=r"c2/05\.jpg"):
+        train(_config(tmp_path / "error", root, *stream_args, "data.on_bad_file=error"))

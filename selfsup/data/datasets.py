@@ -51,6 +51,11 @@ class ImageDataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of one sample (``images.shape[1:]``); a streaming split has the same."""
+        return tuple(self.images.shape[1:])
+
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Exact per-channel mean and std of ``images / 255``.
@@ -314,19 +319,9 @@ def load_imagefolder_dataset(
     **_: object,
 ) -> ImageDataset:
     """A folder of class sub-folders (``data.train`` / ``data.val``); see :mod:`.imagefolder`."""
-    from selfsup.data.imagefolder import load_imagefolder
+    from selfsup.data.imagefolder import load_imagefolder, split_path
 
-    key = "data.train" if split == "train" else "data.val"
-    path = train_path if split == "train" else val_path
-    if path is None and root is not None:
-        candidates = ["train"] if split == "train" else ["val", "test"]
-        found = [Path(root) / c for c in candidates if (Path(root) / c).is_dir()]
-        path = str(found[0]) if found else None
-    if path is None:
-        raise DataError(
-            f"{key} is not set: data.name=imagefolder needs data.train=PATH and data.val=PATH "
-            "(folders of class sub-folders)"
-        )
+    path, key = split_path(split, root, train_path, val_path)
     return load_imagefolder(path, image_size=image_size, cache_dir=cache_dir, setting=key, on_bad_file=on_bad_file)
 
 

@@ -83,6 +83,23 @@ def load_imagefolder(
     return make_dataset(torch.from_numpy(images), labels_t, classes, tuple(meta["stats"]))
 
 
+def split_path(split: str, root: str | None, train_path: str | None, val_path: str | None) -> tuple[str, str]:
+    """``(path, config key)`` of an ImageFolder split: ``data.train`` / ``data.val``, else
+    ``root/train`` (``root/val`` or ``root/test``) when ``data.root`` is set."""
+    key = "data.train" if split == "train" else "data.val"
+    path = train_path if split == "train" else val_path
+    if path is None and root is not None:
+        candidates = ["train"] if split == "train" else ["val", "test"]
+        found = [Path(root) / c for c in candidates if (Path(root) / c).is_dir()]
+        path = str(found[0]) if found else None
+    if path is None:
+        raise DataError(
+            f"{key} is not set: data.name=imagefolder needs data.train=PATH and data.val=PATH "
+            "(folders of class sub-folders)"
+        )
+    return path, key
+
+
 def report_bad_files(where: str, skipped: list[list[str]], empty: list[str], on_bad_file: str) -> None:
     """One warning (or, with ``on_bad_file="error"``, one DataError) counting and naming the
     unreadable files (``[path, reason]`` pairs) and the empty class folders."""

@@ -1,21 +1,34 @@
 """Frozen-feature extraction: run an encoder over a uint8 image tensor once, keep the features.
 
 kNN and linear probes (see :mod:`selfsup.evaluation.knn`, :mod:`selfsup.evaluation.linear`)
-work on these cached features, so the encoder runs exactly once per evaluation.
+work on these features, so the encoder runs once per evaluation; :func:`cached_features` also
+keeps them on disk, keyed by the encoder's weights, the data and the transform, so a later
+protocol on the same encoder does not run it again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
+import safetensors
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.data.streaming import StreamingImageFolder, is_streaming, stream_images
 from selfsup.errors import DataError, SelfsupError
 from selfsup.progress import progress_bar
 
-__all__ = ["extract_features"]
+__all__ = [
+    "extract_features", "cached_features", "feature_cache_key", "encoder_fingerprint", "dataset_fingerprint",
+    "transform_fingerprint",
+]
 
 
 def _resolve_device(encoder: nn.Module, device: torch.device | str | None) -> torch.device:
@@ -64,7 +77,7 @@ def _check_images(images: torch.Tensor) -> None:
 @torch.no_grad()
 def extract_features(
     encoder: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | StreamingImageFolder,
     mean: Sequence[float] | torch.Tensor,
     std: Sequence[float] | torch.Tensor,
     *,
@@ -86,7 +99,9 @@ def extract_features(
 
     Args:
         encoder: maps float [B, C, H', W'] (normalised) to features [B, D].
-        images: uint8 [N, C, H, W] (or float32 non-image data, not divided by 255), on the CPU or on ``device``.
+        images: uint8 [N, C, H, W] (or float32 non-image data, not divided by 255), on the CPU or on ``device``;
+            or a :class:`~selfsup.data.streaming.StreamingImageFolder`, decoded batch by batch in
+            DataLoader workers (never wholly in memory).
         mean: per-channel mean, C values (or one value for all channels), in [0, 1] units.
         std: per-channel standard deviation, same form as ``mean``.
         batch_size: images per forward pass.
@@ -97,11 +112,13 @@ def extract_features(
     Returns:
         float32 [N, D] on the CPU.
     """
-    _check_images(images)
+    streaming = is_streaming(images)
+    if not streaming:
+        _check_images(images)
     if batch_size < 1:
         raise SelfsupError(f"batch_size must be a positive integer, got {batch_size}")
     run_device = _resolve_device(encoder, device)
-    channels = images.shape[1]
+    channels = images.shape[0] if streaming else images.shape[1]
     mean_t = _channel_stats(mean, "mean", channels, run_device)
     std_t = _channel_stats(std, "std", channels, run_device)
 
@@ -110,9 +127,13 @@ def extract_features(
     chunks: list[torch.Tensor] = []
     try:
         with torch.inference_mode():
-            starts = range(0, images.shape[0], batch_size)
-            for start in progress_bar(starts, desc="features", unit="batch", disable=not progress):
-                batch = images[start : start + batch_size].to(run_device, non_blocking=True)
+            if streaming:
+                batches = stream_images(images, batch_size, pin_memory=run_device.type == "cuda")
+            else:
+                batches = (images[start : start + batch_size] for start in range(0, images.shape[0], batch_size))
+            for batch in progress_bar(batches, total=-(-len(images) // batch_size), desc="features", unit="batch",
+                                      disable=not progress):
+                batch = batch.to(run_device, non_blocking=True)
                 chunks.append(_forward(encoder, batch, mean_t, std_t, image_size).cpu())
     finally:
         for module, was_training in modes:
@@ -144,3 +165,133 @@ def _forward(
             f"the encoder must return features [B, D] for a batch of {batch.shape[0]}, got {shape}"
         )
     return out.float()
+
+
+# ----------------------------------------------------------------------------- on-disk cache
+
+CACHE_FORMAT = 1  # bump when extraction changes in a way that alters features
+_SAMPLE_IMAGES = 1024  # images hashed in full (evenly spaced); the rest is covered by shape and labels
+
+
+def _hash_tensor(hasher, name: str, tensor: torch.Tensor) -> None:
+    t = tensor.detach().to("cpu").contiguous()
+    hasher.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    # uint8 view of the raw bytes (works for every dtype, bfloat16 included).
+    hasher.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def encoder_fingerprint(encoder: nn.Module) -> str:
+    """sha256 over the encoder's class, ``selfsup_spec`` and every state-dict tensor (name, dtype, shape, bytes).
+
+    Any change of a weight or a buffer (BN statistics) changes it; about 0.1 s for a ResNet-18.
+    """
+    encoder = getattr(encoder, "_orig_mod", encoder)  # torch.compile wrapper: hash the module itself
+    hasher = hashlib.sha256(f"{type(encoder).__module__}.{type(encoder).__qualname__}|".encode())
+    spec = getattr(encoder, "selfsup_spec", None)
+    hasher.update(json.dumps(spec, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        _hash_tensor(hasher, name, tensor)
+    return hasher.hexdigest()
+
+
+def dataset_fingerprint(images: torch.Tensor | StreamingImageFolder, labels: torch.Tensor | None = None,
+                        dataset_id: str = "") -> str:
+    """sha256 of a dataset's identity, cheap enough to compute on every evaluation.
+
+    In-memory images: ``dataset_id`` (its name or path), the images' shape and dtype, every
+    label, and the full bytes of up to 1024 evenly spaced images (first and last included). A
+    change confined to images outside that sample goes unnoticed: give such data a new
+    ``dataset_id``. A streaming split: its folder, canvas size, every file name and label, and
+    the size and modification time of up to 1024 evenly spaced files.
+    """
+    n = len(images)
+    picks = torch.linspace(0, n - 1, steps=min(n, _SAMPLE_IMAGES)).round().long().unique()
+    if is_streaming(images):
+        hasher = hashlib.sha256(f"{dataset_id}|{images.root}|{images.image_size}|".encode())
+        hasher.update("\n".join(images.files).encode())
+        _hash_tensor(hasher, "labels", images.labels.long() if labels is None else torch.as_tensor(labels).long())
+        for i in picks.tolist():
+            stat = (Path(images.root) / images.files[i]).stat()
+            hasher.update(f"{i}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+        return hasher.hexdigest()
+    hasher = hashlib.sha256(f"{dataset_id}|{images.dtype}|{tuple(images.shape)}|".encode())
+    if labels is not None:
+        _hash_tensor(hasher, "labels", torch.as_tensor(labels).long())
+    _hash_tensor(hasher, "sample", images[picks])
+    return hasher.hexdigest()
+
+
+def transform_fingerprint(mean, std, image_size: int | None) -> str:
+    """sha256 of the evaluation transform: normalisation, resize, and the cache format."""
+    stats = [torch.as_tensor(v, dtype=torch.float64).flatten().tolist() for v in (mean, std)]
+    text = json.dumps({"mean": stats[0], "std": stats[1], "image_size": image_size, "format": CACHE_FORMAT})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def feature_cache_key(encoder: nn.Module, images: torch.Tensor, mean, std, *, labels: torch.Tensor | None = None,
+                      dataset_id: str = "", image_size: int | None = None) -> dict[str, str]:
+    """The three fingerprints that name a features file: ``{"encoder", "dataset", "transform"}``."""
+    return {
+        "encoder": encoder_fingerprint(encoder),
+        "dataset": dataset_fingerprint(images, labels, dataset_id),
+        "transform": transform_fingerprint(mean, std, image_size),
+    }
+
+
+def cached_features(
+    encoder: nn.Module,
+    images: torch.Tensor | StreamingImageFolder,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    *,
+    cache_dir: str | Path | None,
+    labels: torch.Tensor | None = None,
+    dataset_id: str = "",
+    image_size: int | None = None,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """:func:`extract_features`, reusing features saved under ``cache_dir`` by an earlier call.
+
+    The file ``<cache_dir>/features-<encoder>-<dataset>-<transform>.safetensors`` is named by
+    :func:`feature_cache_key` (16 hex digits of each fingerprint); its metadata holds the full
+    fingerprints, which are compared before the features are reused. So a second protocol on
+    the same encoder, data and transform loads the features instead of running the encoder,
+    and any change of a weight, the data or the transform extracts afresh. Files are written
+    atomically (temporary name, then rename); stale ones are left in place (delete the
+    directory to reclaim the space: about N x D x 4 bytes each). ``cache_dir=None`` disables
+    the cache.
+
+    Returns:
+        float32 [N, D] on the CPU, as :func:`extract_features`.
+    """
+    if cache_dir is None:
+        return extract_features(encoder, images, mean, std, batch_size=batch_size, device=device,
+                                image_size=image_size, progress=progress)
+    if not is_streaming(images):
+        _check_images(images)
+    key = feature_cache_key(encoder, images, mean, std, labels=labels, dataset_id=dataset_id, image_size=image_size)
+    cache_dir = Path(cache_dir)
+    name = "-".join(key[k][:16] for k in ("encoder", "dataset", "transform"))
+    path = cache_dir / f"features-{name}.safetensors"
+    if path.is_file():
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                features = f.get_tensor("features") if metadata.get("key") == json.dumps(key, sort_keys=True) else None
+        except Exception:  # a corrupt or foreign file: extract again and overwrite it
+            features = None
+        if features is not None and features.shape[0] == len(images):
+            return features
+    features = extract_features(encoder, images, mean, std, batch_size=batch_size, device=device,
+                                image_size=image_size, progress=progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        safetensors.torch.save_file({"features": features.contiguous()}, str(tmp),
+                                    metadata={"key": json.dumps(key, sort_keys=True), "dataset_id": dataset_id})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return features

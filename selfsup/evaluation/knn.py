@@ -9,6 +9,7 @@ summed weight is the prediction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import faiss
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from selfsup.errors import DataError, SelfsupError
 
-__all__ = ["knn_classify", "true_class_rank", "prepare_labelled_features"]
+__all__ = ["knn_classify", "true_class_rank", "prepare_labelled_features", "BACKENDS", "INDEXES"]
 
 
 def true_class_rank(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -109,8 +110,12 @@ def _class_votes(
     """
     sims = similarities.double()
     weights = torch.exp((sims - sims[:, :1]) / temperature)
-    votes = torch.zeros(sims.shape[0], num_classes, dtype=torch.float64)
+    votes = torch.zeros(sims.shape[0], num_classes, dtype=torch.float64, device=sims.device)
     return votes.scatter_add_(1, neighbour_labels, weights)
+
+
+BACKENDS = ("auto", "faiss", "torch")
+INDEXES = ("flat", "ivf")
 
 
 def _check_knn_args(ks: Sequence[int] | int, temperature: float, chunk_size: int) -> list[int]:
@@ -125,6 +130,70 @@ def _check_knn_args(ks: Sequence[int] | int, temperature: float, chunk_size: int
     return list(dict.fromkeys(int(k) for k in ks))
 
 
+def _resolve_backend(backend: str, index: str, device: torch.device | str | None,
+                     features: torch.Tensor) -> tuple[str, torch.device]:
+    """(``faiss`` or ``torch``, the device the torch search runs on)."""
+    if backend not in BACKENDS:
+        raise SelfsupError(f"kNN backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if index not in INDEXES:
+        raise SelfsupError(f"kNN index must be one of {', '.join(INDEXES)}, got {index!r}")
+    if device is not None:
+        run_device = torch.device(device)
+    elif features.is_cuda:
+        run_device = features.device
+    else:
+        run_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if backend == "auto":
+        backend = "torch" if run_device.type == "cuda" and index == "flat" else "faiss"
+    if backend == "torch" and index != "flat":
+        raise SelfsupError("the torch kNN backend searches exhaustively; index='ivf' needs backend='faiss'")
+    return backend, (run_device if backend == "torch" else torch.device("cpu"))
+
+
+class _FaissSearch:
+    """Inner-product search over L2-normalised training features with faiss (CPU).
+
+    ``flat``: exact (``IndexFlatIP``). ``ivf``: an inverted file (Jegou et al. 2011, "Product
+    Quantization for Nearest Neighbor Search", IVF without quantised codes): k-means splits the
+    training features into ``nlist`` cells and a query scans only its ``nprobe`` nearest cells,
+    so a search costs about ``nprobe / nlist`` of the exact one; ``nprobe == nlist`` is exact.
+    """
+
+    def __init__(self, train: torch.Tensor, index: str, nlist: int | None, nprobe: int):
+        data = _normalised_numpy(train)
+        n, dim = data.shape
+        if index == "flat":
+            self.index = faiss.IndexFlatIP(dim)
+        else:
+            nlist = int(nlist) if nlist is not None else max(1, min(int(4 * math.sqrt(n)), n // 39 or 1))
+            if not 1 <= nlist <= n:
+                raise SelfsupError(f"kNN nlist must lie in [1, {n}] (the training-set size), got {nlist}")
+            if nprobe < 1:
+                raise SelfsupError(f"kNN nprobe must be a positive integer, got {nprobe}")
+            self.quantizer = faiss.IndexFlatIP(dim)  # kept referenced: the IVF index does not own it
+            self.index = faiss.IndexIVFFlat(self.quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            self.index.cp.seed = 1234  # deterministic k-means
+            self.index.train(data)
+            self.index.nprobe = min(int(nprobe), nlist)
+        self.index.add(data)
+
+    def __call__(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sims, neighbours = self.index.search(_normalised_numpy(queries), k)
+        return torch.from_numpy(sims), torch.from_numpy(neighbours)
+
+
+class _TorchSearch:
+    """Exact inner-product search by matrix product and ``topk`` on ``device`` (the GPU path)."""
+
+    def __init__(self, train: torch.Tensor, device: torch.device):
+        self.train = F.normalize(train.detach().float().to(device), dim=1)
+        self.device = device
+
+    def __call__(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        q = F.normalize(queries.detach().float().to(self.device), dim=1)
+        return torch.topk(q @ self.train.T, k, dim=1, largest=True, sorted=True)
+
+
 def knn_classify(
     train_features: torch.Tensor | np.ndarray,
     train_labels: torch.Tensor | np.ndarray,
@@ -135,15 +204,21 @@ def knn_classify(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk_size: int = 2048,
+    backend: str = "auto",
+    index: str = "flat",
+    nlist: int | None = None,
+    nprobe: int = 16,
+    device: torch.device | str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Weighted kNN top-1 / top-5 accuracy (Wu et al. 2018, see the module docstring).
 
-    One exact faiss search (``IndexFlatIP`` over L2-normalised features, i.e. cosine
-    similarity) finds the ``max(ks)`` nearest training features of each test feature; each k
-    uses the first k of them. A k larger than the training set is clipped to its size N.
-    The test set is searched ``chunk_size`` rows at a time, so memory stays
-    O(chunk_size * (max(ks) + C)) beyond the features themselves. Ties between class votes
-    go to the lower class index (see :func:`true_class_rank`).
+    One search over L2-normalised features (inner product = cosine similarity) finds the
+    ``max(ks)`` nearest training features of each test feature; each k uses the first k of
+    them. A k larger than the training set is clipped to its size N. The test set is searched
+    ``chunk_size`` rows at a time, so memory stays O(chunk_size * (max(ks) + C)) beyond the
+    features themselves (the torch backend also holds a chunk's [rows, N] similarities, with
+    rows reduced so that this stays under 256 MiB). Ties between class votes go to the lower
+    class index (see :func:`true_class_rank`).
 
     Args:
         train_features: [N, D] floats. train_labels: [N] integers in [0, C).
@@ -151,30 +226,42 @@ def knn_classify(
         ks: neighbour counts to evaluate.
         temperature: T in the vote weight ``exp(s / T)``.
         num_classes: C; default ``1 + the largest label`` seen.
-        chunk_size: test rows per faiss search.
+        chunk_size: test rows per search.
+        backend: ``faiss`` (CPU), ``torch`` (matrix product + topk, on ``device``) or ``auto``:
+            torch when the search device is a GPU and the index is flat, else faiss.
+        index: ``flat`` (exact, the default) or ``ivf`` (faiss inverted file: approximate, for
+            millions of training features).
+        nlist: IVF cells (default ``4 * sqrt(N)``, at most N / 39 so that k-means has 39 points
+            per cell). nprobe: IVF cells scanned per query (``nprobe >= nlist`` is exact).
+        device: where the torch backend runs; default: the features' device if a GPU, else the
+            first GPU when there is one, else the CPU.
 
     Returns:
         ``{"knn_k{k}": {"top1": float, "top5": float, "k": effective k, "temperature": T}}``
         for each requested k (the key keeps the requested k; ``"k"`` is the clipped one).
     """
     ks = _check_knn_args(ks, temperature, chunk_size)
+    source = torch.as_tensor(train_features)
     x_train, y_train, x_test, y_test, classes = prepare_labelled_features(
         train_features, train_labels, test_features, test_labels, num_classes
     )
+    backend, run_device = _resolve_backend(backend, index, device, source)
     effective = {k: min(k, x_train.shape[0]) for k in ks}
     k_max = max(effective.values())
-
-    index = faiss.IndexFlatIP(x_train.shape[1])
-    index.add(_normalised_numpy(x_train))
-    y_train = y_train.cpu()
-    y_test = y_test.cpu()
-    x_test = x_test.cpu()
+    if backend == "torch":
+        search = _TorchSearch(x_train, run_device)
+        chunk_size = max(1, min(chunk_size, 2**26 // x_train.shape[0]))
+    else:
+        search = _FaissSearch(x_train, index, nlist, nprobe)
+    y_train, y_test = y_train.to(run_device), y_test.to(run_device)
     top1 = {k: 0 for k in ks}
     top5 = {k: 0 for k in ks}
     for start in range(0, x_test.shape[0], chunk_size):
-        sims, neighbours = index.search(_normalised_numpy(x_test[start : start + chunk_size]), k_max)
-        sims, neighbours = torch.from_numpy(sims), torch.from_numpy(neighbours)
-        neighbour_labels = y_train[neighbours]
+        sims, neighbours = search(x_test[start : start + chunk_size], k_max)
+        sims, neighbours = sims.to(run_device), neighbours.to(run_device)
+        # An IVF search whose probed cells hold fewer than k_max points pads with index -1 and
+        # similarity -3.4e38, whose weight exp((s - s_max) / T) is exactly 0: no vote.
+        neighbour_labels = y_train[neighbours.clamp_min(0)]
         labels = y_test[start : start + chunk_size]
         for k in ks:
             kk = effective[k]

@@ -1,18 +1,39 @@
-"""Evaluation protocols on frozen features: extract once, run kNN and the linear probe on the cache."""
+"""Evaluation protocols: kNN and the linear probe on frozen features (extracted once), fine-tuning end to end."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 from torch import Tensor, nn
 
-from selfsup.config import EvalConfig
+from selfsup.config import EvalConfig, FinetuneConfig
 from selfsup.data import ImageDataset
+from selfsup.data.streaming import StreamingImageFolder, is_streaming
 from selfsup.errors import DataError
-from selfsup.evaluation.features import extract_features
+from selfsup.evaluation.features import cached_features, extract_features
+from selfsup.evaluation.finetune import finetune
 from selfsup.evaluation.knn import knn_classify
 from selfsup.evaluation.linear import linear_probe
 
-PROTOCOLS = ("knn", "linear")
+PROTOCOLS = ("knn", "linear", "finetune")
+
+
+def finetune_key(cfg: FinetuneConfig) -> str:
+    """The result's name in eval.json: ``finetune`` (whole encoder), ``finetune_last{k}`` (last k blocks;
+    ``finetune_last0``: the head alone) or ``finetune_scratch`` (the random-init control)."""
+    if cfg.from_scratch:
+        return "finetune_scratch"
+    return "finetune" if cfg.train_blocks < 0 else f"finetune_last{cfg.train_blocks}"
+
+
+def match_channels(data: ImageDataset, in_chans: int | None) -> ImageDataset:
+    """Grey images for a 3-channel encoder (transfer from colour data): repeat the channel (mean/std too)."""
+    if in_chans is None or is_streaming(data) or data.images.is_floating_point() or data.images.shape[1] == in_chans:
+        return data
+    if data.images.shape[1] == 1 and in_chans == 3:
+        return dataclasses.replace(data, images=data.images.expand(-1, 3, -1, -1).contiguous(),
+                                   mean=tuple(data.mean) * 3, std=tuple(data.std) * 3)
+    raise DataError(f"the data have {data.images.shape[1]} channels but the encoder takes {in_chans}")
 
 
 class _Classify(nn.Module):
@@ -28,38 +49,67 @@ class _Classify(nn.Module):
 
 def evaluate(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: EvalConfig, *,
              protocols: Iterable[str] | None = None, device=None, progress: bool = True,
-             classifier: nn.Module | None = None) -> dict[str, dict]:
+             classifier: nn.Module | None = None, cache_dir=None, plots_dir=None) -> dict[str, dict]:
     """Run ``protocols`` (default: kNN, plus the linear probe if ``cfg.linear``) on ``encoder``.
 
-    Both splits are normalised with the training split's statistics, as in training.
+    Both splits are normalised with the training split's statistics, as in training; grey data meet a
+    colour encoder as three equal channels. ``"finetune"`` trains a copy of the encoder with
+    ``cfg.finetune`` (its result key: :func:`finetune_key`); ``encoder`` itself never changes.
     ``classifier``: a trained model with ``classify(x) -> logits`` (a supervised baseline); its own
     top-1 on ``val`` is added as ``"classifier"``.
-    Returns ``{"knn_k20": {"top1": ..}, "knn_k200": {..}, "linear": {..}[, "classifier": {..}]}``.
+    ``cache_dir``: keep the frozen features there and reuse them while encoder, data and transform are
+    unchanged (:func:`~selfsup.evaluation.features.cached_features`). ``plots_dir``: write ``tsne.png``
+    of the ``val`` features and, with the linear probe, ``confusion_linear.png`` there (needs matplotlib).
+    Returns ``{"knn_k20": {"top1": ..}, "knn_k200": {..}, "linear": {..}[, "finetune": {..}][, "classifier": {..}]}``.
     """
     protocols = list(protocols or (["knn", "linear"] if cfg.linear else ["knn"]))
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise DataError(f"unknown protocol {unknown[0]!r} (protocols: {', '.join(PROTOCOLS)})")
+    in_chans = (getattr(encoder, "selfsup_spec", None) or {}).get("in_chans")
+    train, val = match_channels(train, in_chans), match_channels(val, in_chans)
     if list(train.classes) != list(val.classes):  # label i would mean different classes in the two splits
         only = sorted(set(train.classes) ^ set(val.classes))
         raise DataError(f"the training and evaluation splits have different classes ({len(train.classes)} vs "
                         f"{len(val.classes)}; in one only: {', '.join(only[:5]) or 'same names, other order'}): "
                         "labels would not match")
     features = {
-        name: extract_features(encoder, data.images, train.mean, train.std, batch_size=cfg.batch_size,
-                               device=device, progress=progress)
+        name: cached_features(encoder, _pixels(data), train.mean, train.std, cache_dir=cache_dir, labels=data.labels,
+                              dataset_id=name, batch_size=cfg.batch_size, device=device, progress=progress)
         for name, data in (("train", train), ("val", val))
-    }
+    } if any(p in protocols for p in ("knn", "linear")) else {}
+    predictions = None
     results: dict[str, dict] = {}
     num_classes = len(train.classes)
     if "knn" in protocols:
         results.update(knn_classify(features["train"], train.labels, features["val"], val.labels,
-                                    ks=tuple(cfg.knn_k), temperature=cfg.knn_temperature, num_classes=num_classes))
+                                    ks=tuple(cfg.knn_k), temperature=cfg.knn_temperature, num_classes=num_classes,
+                                    index=cfg.knn_index))
     if "linear" in protocols:
-        results.update(linear_probe(features["train"], train.labels, features["val"], val.labels,
-                                    num_classes=num_classes, progress=progress))
+        linear, probe = linear_probe(features["train"], train.labels, features["val"], val.labels,
+                                     num_classes=num_classes, loss=cfg.linear_loss, solver=cfg.linear_solver,
+                                     progress=progress, return_probe=True)
+        results.update(linear)
+        predictions = probe.predict(features["val"])
+    if "finetune" in protocols:
+        if is_streaming(train) or is_streaming(val):
+            raise DataError("fine-tuning needs both splits in memory: raise data.in_memory_max_gb")
+        results[finetune_key(cfg.finetune)] = finetune(encoder, train, val, cfg.finetune, device=device,
+                                                       progress=progress, eval_batch_size=cfg.batch_size)
+    if plots_dir is not None and features:
+        from selfsup.evaluation.plots import write_eval_plots
+
+        write_eval_plots(plots_dir, features["val"], val.labels, list(val.classes), predictions=predictions)
     if classifier is not None:
-        logits = extract_features(_Classify(classifier), val.images, train.mean, train.std, batch_size=cfg.batch_size,
+        logits = extract_features(_Classify(classifier), _pixels(val), train.mean, train.std, batch_size=cfg.batch_size,
                                   device=device, progress=progress)
         results["classifier"] = {"top1": float((logits.argmax(dim=1) == val.labels).float().mean())}
     return results
+
+
+def _pixels(data: ImageDataset | StreamingImageFolder):
+    """What :func:`extract_features` reads: the image tensor, or a streaming split as it is."""
+    return data if is_streaming(data) else data.images
 
 
 def format_table(rows: dict[str, dict[str, dict]]) -> str:

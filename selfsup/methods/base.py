@@ -33,6 +33,9 @@ class Method(nn.Module):
     min_batch_size: ClassVar[int] = 1  # smallest per-process batch the loss is defined for
     uses_labels: ClassVar[bool] = False  # True only for supervised baselines
     paper: ClassVar[str] = ""
+    # Default of ``trainer.sync_bn``: with several processes, BN layers normalise with the global
+    # batch's statistics, so N processes compute what 1 process computes on the global batch.
+    sync_bn_default: ClassVar[bool] = True
 
     def __init__(self, cfg: MethodConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
         super().__init__()
@@ -50,6 +53,12 @@ class Method(nn.Module):
     def encoder(self) -> nn.Module:
         """The module to evaluate and export: float [B, C, H, W] -> [B, num_features]."""
         return self.backbone
+
+    @property
+    def local_bn_modules(self) -> tuple[str, ...]:
+        """Dotted names of submodules whose BN keeps per-process statistics even with ``sync_bn``
+        (e.g. MoCo's shuffle-BN key encoder). Default: none."""
+        return ()
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         """Per-step values beyond lr / weight decay (EMA momentum, teacher temperature, ...)."""

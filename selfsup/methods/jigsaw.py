@@ -121,6 +121,7 @@ class Jigsaw(Method):
     config_class = JigsawConfig
     min_batch_size = 2  # the classifier MLP has BatchNorm over the puzzles of the batch
     paper = "Noroozi & Favaro, ECCV 2016, arXiv:1603.09246"
+    sync_bn_default = False  # a per-sample loss: per-process BN statistics, as in the paper's multi-GPU training
 
     def __init__(self, cfg: JigsawConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
         super().__init__(cfg, backbone, image_size, num_classes)

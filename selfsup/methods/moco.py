@@ -103,6 +103,12 @@ class MoCo(Method):
                            contrast=0.4, saturation=0.4, hue=0.1, grayscale_p=0.2, blur_p=0.5 if blur else 0.0)
         return [(spec, 2)]
 
+    @property
+    def local_bn_modules(self) -> tuple[str, ...]:
+        # Shuffle-BN's key encoder normalises over its own random groups; the query side (and, without
+        # shuffle-BN, the key side) follows trainer.sync_bn (default: the global batch, as MoCo v3).
+        return ("key_backbone", "key_head") if self.cfg.shuffle_bn else ()
+
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         return {"ema_momentum": momentum_schedule(self.cfg.momentum_base, self.cfg.momentum_final, total_steps)}
 

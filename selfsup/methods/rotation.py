@@ -64,6 +64,7 @@ class Rotation(Method):
     config_class = RotationConfig
     min_batch_size = 1  # four rotated copies per image: the classifier's BN always sees >= 4
     paper = "Gidaris, Singh, Komodakis, ICLR 2018, arXiv:1803.07728"
+    sync_bn_default = False  # a per-sample loss: per-process BN statistics, as in the paper's multi-GPU training
 
     def __init__(self, cfg: RotationConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
         super().__init__(cfg, backbone, image_size, num_classes)

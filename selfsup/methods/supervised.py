@@ -44,6 +44,7 @@ class Supervised(Method):
     config_class = SupervisedConfig
     uses_labels = True
     paper = "supervised baseline: linear head, cross-entropy (label smoothing) or multiclass hinge"
+    sync_bn_default = False  # a per-sample loss: per-process BN statistics (plain data-parallel training)
 
     def __init__(self, cfg: SupervisedConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
         super().__init__(cfg, backbone, image_size, num_classes)

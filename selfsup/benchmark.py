@@ -1,0 +1,425 @@
+"""``selfsup benchmark SUITE``: recipes x seeds -> trained encoders -> protocols -> a markdown table.
+
+A **protocol file** (``eval/protocols/*.yaml``) fixes what an encoder is measured on::
+
+    name: digits
+    description: what the splits and the transform are, in words (printed above the table)
+    data: {name: digits}                       # data.* keys: dataset, splits (train / val), image_size
+    eval: {knn_k: [20, 200], finetune: {epochs: 10, hflip_p: 0.0}}   # eval.* keys: protocol settings
+    protocols: [knn, linear, finetune]
+
+A **suite file** (``eval/benchmarks/*.yaml``) says what to train and where to write the table::
+
+    protocol: eval/protocols/digits.yaml       # relative to the suite file, or absolute
+    seeds: [0, 1]
+    runs_root: runs/bench-digits               # one run directory per row and seed: ROOT/NAME-seedS
+    out: eval/results/benchmark-digits.md
+    overrides: [trainer.epochs=20]             # for every row's training command
+    rows:
+      - {name: simclr, recipe: simclr-digits, random_baseline: true}   # + a "random init" row
+      - {name: supervised, recipe: supervised-digits, overrides: []}
+
+For each row and seed the runner runs (or reuses) ``selfsup train RECIPE <protocol data/eval keys>
+<suite overrides> <row overrides> trainer.seed=S run.dir=ROOT/NAME-seedS``. A run directory is
+reused when its ``config.yaml`` equals what the command would resolve to (everything but
+``eval.finetune``, which plays no part in training) and it holds ``encoder/`` and ``eval.json``.
+kNN and the linear probe come from the run's own end-of-training evaluation (``eval.json``) of the
+final encoder; the fine-tuning protocol runs ``selfsup eval RUN --protocol finetune ...`` (reused
+when ``eval.json`` already holds a result with the same settings). ``random_baseline: true``
+evaluates a randomly initialised encoder of the same architecture (``eval_random_init.json``) and,
+for fine-tuning, trains it from scratch (``finetune_scratch``). A supervised row also reports its
+own head (``classifier``). Every number is the final checkpoint's, never a best epoch.
+
+The table shows mean +- sample standard deviation (n - 1) over seeds, in percent; the per-seed
+values and every command follow it, and a JSON file beside the markdown holds all results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from selfsup.config import config_to_dict, load_config, resolve_config
+from selfsup.errors import ConfigError
+
+PROTOCOL_KEYS = {"name", "description", "data", "eval", "protocols"}
+SUITE_KEYS = {"protocol", "seeds", "runs_root", "out", "overrides", "rows", "title", "notes"}
+ROW_KEYS = {"name", "recipe", "overrides", "random_baseline"}
+KNOWN_PROTOCOLS = ("knn", "linear", "finetune")
+# Table columns: (result key in eval.json, header). The random-init row's fine-tuning is the
+# from-scratch control, so it sits in the fine-tuning column.
+COLUMNS = (("knn_k20", "kNN k=20"), ("knn_k200", "kNN k=200"), ("linear", "linear probe"),
+           ("finetune", "fine-tune"), ("classifier", "own head (supervised)"))
+
+
+@dataclass
+class Protocol:
+    name: str
+    description: str
+    data: dict
+    eval: dict
+    protocols: list[str]
+    path: str = ""
+
+    def overrides(self) -> list[str]:
+        """The protocol as ``key=value`` overrides (data.* and eval.*), in a stable order."""
+        flat = _flatten({"data": self.data, "eval": self.eval})
+        return [f"{k}={_yaml_value(v)}" for k, v in flat.items()]
+
+
+@dataclass
+class Row:
+    name: str
+    recipe: str
+    overrides: list[str] = field(default_factory=list)
+    random_baseline: bool = False
+
+
+@dataclass
+class Suite:
+    protocol: Protocol
+    seeds: list[int]
+    runs_root: str
+    out: str
+    rows: list[Row]
+    overrides: list[str] = field(default_factory=list)
+    title: str = ""
+    notes: str = ""  # free text printed under the title (machine, caveats)
+    path: str = ""
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as it would be typed after ``key=`` (parsed back as YAML by the config loader)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_yaml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        elif not isinstance(value, dict):
+            out[prefix + key] = value
+    return out
+
+
+def _read_yaml(path: Path, what: str, keys: set[str]) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} file {path} must be a mapping")
+    unknown = sorted(set(raw) - keys)
+    if unknown:
+        raise ConfigError(f"{what} file {path}: unknown key '{unknown[0]}' (keys: {', '.join(sorted(keys))})")
+    return raw
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    path = Path(path)
+    raw = _read_yaml(path, "protocol", PROTOCOL_KEYS)
+    protocols = list(raw.get("protocols") or ["knn", "linear"])
+    bad = [p for p in protocols if p not in KNOWN_PROTOCOLS]
+    if bad:
+        raise ConfigError(f"protocol file {path}: unknown protocol '{bad[0]}' (known: {', '.join(KNOWN_PROTOCOLS)})")
+    proto = Protocol(name=str(raw.get("name") or path.stem), description=str(raw.get("description") or "").strip(),
+                     data=dict(raw.get("data") or {}), eval=dict(raw.get("eval") or {}), protocols=protocols,
+                     path=str(path))
+    proto.eval.setdefault("linear", "linear" in protocols)  # the end-of-training evaluation runs the probe or not
+    from selfsup.evaluation.finetune import validate_finetune
+
+    # unknown data.* / eval.* keys and out-of-range fine-tuning settings fail here, naming the key
+    validate_finetune(resolve_config({}, proto.overrides()).eval.finetune)
+    return proto
+
+
+def load_suite(path: str | Path, *, seeds: list[int] | None = None, runs_root: str | None = None,
+               out: str | None = None, overrides: list[str] | None = None) -> Suite:
+    """Read a suite file; the keyword arguments replace its fields (the CLI's flags)."""
+    path = Path(path)
+    raw = _read_yaml(path, "suite", SUITE_KEYS)
+    if "protocol" not in raw:
+        raise ConfigError(f"suite file {path} names no protocol file (protocol: eval/protocols/NAME.yaml)")
+    proto_path = Path(raw["protocol"])
+    if not proto_path.is_absolute() and not proto_path.is_file():
+        proto_path = Path(os.path.normpath(path.parent / proto_path))
+    rows = []
+    for i, item in enumerate(raw.get("rows") or []):
+        if not isinstance(item, dict) or not {"name", "recipe"} <= set(item):
+            raise ConfigError(f"suite file {path}: rows[{i}] needs a name and a recipe")
+        unknown = sorted(set(item) - ROW_KEYS)
+        if unknown:
+            raise ConfigError(f"suite file {path}: rows[{i}] has an unknown key '{unknown[0]}' "
+                              f"(keys: {', '.join(sorted(ROW_KEYS))})")
+        rows.append(Row(name=str(item["name"]), recipe=str(item["recipe"]), overrides=list(item.get("overrides") or []),
+                        random_baseline=bool(item.get("random_baseline", False))))
+    if not rows:
+        raise ConfigError(f"suite file {path} has no rows")
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"suite file {path}: row names must differ (they name the run directories)")
+    suite = Suite(protocol=load_protocol(proto_path), seeds=[int(s) for s in (seeds or raw.get("seeds") or [0])],
+                  runs_root=str(runs_root or raw.get("runs_root") or Path("runs") / f"bench-{path.stem}"),
+                  out=str(out or raw.get("out") or Path("eval/results") / f"benchmark-{path.stem}.md"),
+                  rows=rows, overrides=[*(raw.get("overrides") or []), *(overrides or [])],
+                  title=str(raw.get("title") or f"Benchmark: {path.stem}"), notes=str(raw.get("notes") or "").strip(),
+                  path=str(path))
+    return suite
+
+
+# --------------------------------------------------------------------------- running
+
+
+def train_args(suite: Suite, row: Row, seed: int) -> list[str]:
+    """The ``selfsup train`` arguments of one row and seed (without the program name)."""
+    args = ["train", row.recipe, *suite.protocol.overrides(), *suite.overrides, *row.overrides]
+    if row.random_baseline:
+        args.append("eval.random_baseline=true")
+    return [*args, f"trainer.seed={seed}", f"run.dir={run_dir(suite, row, seed)}"]
+
+
+def run_dir(suite: Suite, row: Row, seed: int) -> str:
+    return str(Path(suite.runs_root) / f"{row.name}-seed{seed}")
+
+
+def _training_part(cfg_dict: dict) -> dict:
+    """What decides the trained encoder and its end-of-training evaluation: all but eval.finetune."""
+    out = json.loads(json.dumps(cfg_dict))
+    out.get("eval", {}).pop("finetune", None)
+    return out
+
+
+def reusable(args: list[str]) -> bool:
+    """Whether the run directory of ``selfsup train`` ``args`` already holds this training's results."""
+    cfg = load_config(args[1], args[2:])
+    run = Path(cfg.run.dir)
+    if not ((run / "config.yaml").is_file() and (run / "eval.json").is_file() and (run / "encoder").is_dir()):
+        return False
+    if cfg.eval.random_baseline and not (run / "eval_random_init.json").is_file():
+        return False
+    try:
+        saved = config_to_dict(resolve_config(yaml.safe_load((run / "config.yaml").read_text())))
+    except ConfigError:
+        return False
+    return _training_part(saved) == _training_part(config_to_dict(cfg))
+
+
+def _cli(args: list[str]) -> int:
+    from selfsup.cli import main
+
+    return main(list(args))
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _finetune_done(results: dict, key: str, settings: dict) -> bool:
+    have = results.get(key)
+    return isinstance(have, dict) and have.get("settings") == settings
+
+
+def run_suite(suite: Suite, *, cli: Callable[[list[str]], int] = _cli, log: Callable[[str], None] = print) -> dict:
+    """Train or reuse every row x seed, run the protocols, write the markdown table and a JSON beside it.
+
+    Returns ``{"rows": {row: {seed: {protocol: result}}}, "commands": [...], "out": path}``.
+    ``cli`` runs ``selfsup`` arguments (in this process by default).
+    """
+    started = time.time()
+    table: dict[str, dict[int, dict]] = {}
+    commands: list[dict] = []
+    finetune = "finetune" in suite.protocol.protocols
+    ft_cfg = load_config(suite.rows[0].recipe, [*suite.protocol.overrides(), *suite.overrides]).eval.finetune
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(ft_cfg).items()}
+    for row in suite.rows:  # the table's row order, whatever finishes first
+        table[row.name] = {}
+        if row.random_baseline:
+            table[_random_name(row)] = {}
+    report: dict = {}
+    for seed in suite.seeds:  # seed-major: an interrupted benchmark still has one seed of every row
+        for row in suite.rows:
+            args = train_args(suite, row, seed)
+            run = Path(run_dir(suite, row, seed))
+            reused = reusable(args)
+            if not reused:
+                log(f"[benchmark] training {row.name} seed {seed}: selfsup {shlex.join(args)}")
+                t0 = time.time()
+                if cli(args) != 0:
+                    raise RuntimeError(f"training failed: selfsup {shlex.join(args)}")
+                commands.append({"row": row.name, "seed": seed, "command": args, "seconds": round(time.time() - t0, 1)})
+            else:
+                log(f"[benchmark] reusing {run} ({row.name} seed {seed})")
+                commands.append({"row": row.name, "seed": seed, "command": args, "reused": True})
+            # Every fine-tuning key spelled out: `selfsup eval RUN` starts from the run's config.yaml, whose
+            # eval.finetune keys are those of the protocol file at training time, not necessarily now.
+            protocol_keys = [o for o in suite.protocol.overrides() if not o.startswith("eval.finetune.")]
+
+            def eval_overrides(scratch: bool) -> list[str]:
+                ft = {**settings, "seed": seed, "from_scratch": scratch}
+                return [*protocol_keys, *(f"eval.finetune.{k}={_yaml_value(v)}" for k, v in ft.items())]
+
+            results = _read_json(run / "eval.json")
+            ft_settings = {**settings, "seed": seed}
+            if finetune and _finetune_done(results, "finetune", ft_settings):
+                commands.append({"row": row.name, "seed": seed, "reused": True,
+                                 "command": ["eval", "--protocol", "finetune", str(run), *eval_overrides(False)]})
+            elif finetune:
+                ev = ["eval", "--protocol", "finetune", str(run), *eval_overrides(False)]
+                log(f"[benchmark] fine-tuning {row.name} seed {seed}: selfsup {shlex.join(ev)}")
+                if cli(ev) != 0:
+                    raise RuntimeError(f"fine-tuning failed: selfsup {shlex.join(ev)}")
+                commands.append({"row": row.name, "seed": seed, "command": ev})
+                results = _read_json(run / "eval.json")
+            table[row.name][seed] = _pick(results, suite.protocol.protocols)
+            summary = _read_json(run / "summary.json")
+            if "train_time_s" in summary:  # how long the training took (not a protocol: kept out of the columns)
+                table[row.name][seed]["_train_time_s"] = summary["train_time_s"]
+            if row.random_baseline:
+                random = _read_json(run / "eval_random_init.json")
+                scratch = {**ft_settings, "from_scratch": True}
+                if finetune and _finetune_done(results, "finetune_scratch", scratch):
+                    commands.append({"row": f"random init ({row.name})", "seed": seed, "reused": True,
+                                     "command": ["eval", "--protocol", "finetune", str(run), *eval_overrides(True)]})
+                elif finetune:
+                    ev = ["eval", "--protocol", "finetune", str(run), *eval_overrides(True)]
+                    log(f"[benchmark] from scratch ({row.name} architecture) seed {seed}: selfsup {shlex.join(ev)}")
+                    if cli(ev) != 0:
+                        raise RuntimeError(f"fine-tuning from scratch failed: selfsup {shlex.join(ev)}")
+                    commands.append({"row": f"random init ({row.name})", "seed": seed, "command": ev})
+                    results = _read_json(run / "eval.json")
+                if finetune and "finetune_scratch" in results:
+                    random["finetune"] = results["finetune_scratch"]
+                table[_random_name(row)][seed] = _pick(random, suite.protocol.protocols)
+            report = _write(suite, table, commands, started, log)
+    return report
+
+
+def _random_name(row: Row) -> str:
+    return f"random init ({row.name} arch.)"
+
+
+def _write(suite: Suite, table: dict, commands: list[dict], started: float, log: Callable[[str], None]) -> dict:
+    """Write the markdown table and the JSON beside it (after every row and seed, so a cut-off run leaves them)."""
+    report = {"rows": table, "commands": commands, "suite": suite.path, "protocol": suite.protocol.path,
+              "seeds": suite.seeds, "seconds": round(time.time() - started, 1)}
+    out = Path(suite.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(format_markdown(suite, table, commands))
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    log(f"[benchmark] wrote {out} and {out.with_suffix('.json')}")
+    return {**report, "out": str(out)}
+
+
+def _pick(results: dict, protocols: list[str]) -> dict:
+    """The table's entries of one eval.json: the columns whose protocol the suite runs."""
+    wanted = {"knn": ("knn_k20", "knn_k200"), "linear": ("linear",), "finetune": ("finetune",)}
+    keys = {k for p in protocols for k in wanted[p]} | {"classifier"}
+    return {k: v for k, v in results.items() if k in keys or (k.startswith("knn_k") and "knn" in protocols)}
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for one value)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(per_seed: dict[int, dict], key: str, metric: str = "top1", seeds: int = 0) -> str:
+    """``mean ± std`` in percent; ``(n=k)`` when only k of the suite's seeds have a value so far."""
+    values = [r[key][metric] for r in per_seed.values() if key in r and metric in r[key]]
+    if not values:
+        return "-"
+    mean, std = mean_std([100 * v for v in values])
+    return f"{mean:.2f} ± {std:.2f}" + (f" (n={len(values)})" if len(values) < seeds else "")
+
+
+def _columns(table: dict[str, dict[int, dict]]) -> list[tuple[str, str]]:
+    present = {k for per_seed in table.values() for r in per_seed.values() for k in r if not k.startswith("_")}
+    cols = [c for c in COLUMNS if c[0] in present]
+    extra = sorted(k for k in present if k.startswith("knn_k") and k not in dict(COLUMNS))
+    return [*[(k, f"kNN k={k[5:]}") for k in extra], *cols]
+
+
+def format_markdown(suite: Suite, table: dict[str, dict[int, dict]], commands: list[dict]) -> str:
+    cols = _columns(table)
+    lines = [f"# {suite.title}", "",
+             f"Generated by `selfsup benchmark {suite.path}` on {datetime.now().strftime('%Y-%m-%d %H:%M')}, "
+             f"host `{platform.node() or '?'}` ({_cpu_model()}, {_cpu_count()} CPU cores visible, "
+             f"{_device()}).", "",
+             *([suite.notes, ""] if suite.notes else []),
+             f"Protocol `{suite.protocol.name}` ({suite.protocol.path}): {', '.join(suite.protocol.protocols)}.", ""]
+    if suite.protocol.description:
+        lines += [suite.protocol.description, ""]
+    lines += [f"Top-1 accuracy on the test split (%), mean ± sample std over seeds {suite.seeds} "
+              f"(n = {len(suite.seeds)}); every number is the final checkpoint's / final epoch's, never a best epoch.", ""]
+    lines.append("| encoder | " + " | ".join(h for _, h in cols) + " |")
+    lines.append("|---|" + "---:|" * len(cols))
+    for name, per_seed in table.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(per_seed, k, seeds=len(suite.seeds)) for k, _ in cols) + " |")
+    top5 = [(k, h) for k, h in cols if any("top5" in r.get(k, {}) for ps in table.values() for r in ps.values())]
+    if top5:
+        lines += ["", "Top-5 (%):", "", "| encoder | " + " | ".join(h for _, h in top5) + " |",
+                  "|---|" + "---:|" * len(top5)]
+        for name, per_seed in table.items():
+            lines.append(f"| {name} | " + " | ".join(_cell(per_seed, k, "top5", len(suite.seeds)) for k, _ in top5) + " |")
+    lines += ["", "Per seed (top-1, %):", "", "| encoder | seed | " + " | ".join(h for _, h in cols) + " |",
+              "|---|---:|" + "---:|" * len(cols)]
+    for name, per_seed in table.items():
+        for seed, r in per_seed.items():
+            cells = [f"{100 * r[k]['top1']:.2f}" if k in r else "-" for k, _ in cols]
+            lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
+    times = {name: [r["_train_time_s"] for r in ps.values() if "_train_time_s" in r] for name, ps in table.items()}
+    if any(times.values()):
+        lines += ["", "Training time per run (the trainer's wall clock, this machine): " + "; ".join(
+            f"{name} {statistics.fmean(t) / 60:.1f} min" for name, t in times.items() if t) + "."]
+    lines += ["", "Notes: the random-init row evaluates a randomly initialised encoder of the same architecture "
+              "(kNN / linear probe on its frozen features); its fine-tune cell is the train-from-scratch control "
+              "(same schedule, random initialisation). The own-head column is a supervised model's classifier.", "",
+              "Commands (from the repository root). `# reused`: the run directory already held this training (its "
+              "config.yaml equals what the command resolves to) or eval.json already held this fine-tuning result "
+              "(same settings), so it did not run again.", "",
+              "```"]
+    for c in commands:
+        suffix = "   # reused (already done)" if c.get("reused") else (f"   # {c['seconds']:.0f} s" if "seconds" in c else "")
+        lines.append("selfsup " + shlex.join(c["command"]) + suffix)
+    lines += ["```", "", "Reproduce the whole table:", "", "```", f"selfsup benchmark {suite.path}", "```", ""]
+    return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
+
+
+def _device() -> str:
+    import torch
+
+    return f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+

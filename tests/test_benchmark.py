@@ -1,0 +1,129 @@
+"""Benchmark runner (selfsup.benchmark): end to end on digits with tiny settings, reuse of run
+directories and results, the mean +- std table, and the protocol / suite files in eval/."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selfsup.benchmark import load_protocol, load_suite, reusable, run_suite, train_args
+from selfsup.cli import main
+from selfsup.config import load_config
+from selfsup.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TRAIN = ["backbone.name=resnet10t", "trainer.max_steps=2", "trainer.batch_size=64", "trainer.log_every=1",
+              "run.plots=false", "run.tensorboard=false"]
+
+
+def write_suite(tmp_path: Path, finetune_steps: int = 2, hflip: bool = False) -> Path:
+    """hflip=True leaves eval.finetune.hflip_p out of the protocol file (its default: 0.5)."""
+    finetune = {"epochs": 1, "max_steps": finetune_steps, "batch_size": 64}
+    if not hflip:
+        finetune["hflip_p"] = 0.0
+    (tmp_path / "proto.yaml").write_text(yaml.safe_dump({
+        "name": "tiny-digits", "description": "digits, native 8 px, tiny settings",
+        "data": {"name": "digits"}, "eval": {"knn_k": [5], "finetune": finetune},
+        "protocols": ["knn", "finetune"]}))
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "protocol": "proto.yaml", "seeds": [0, 1], "runs_root": str(tmp_path / "runs"),
+        "out": str(tmp_path / "results" / "table.md"), "overrides": TINY_TRAIN,
+        "rows": [{"name": "simclr", "recipe": "simclr-digits", "random_baseline": True},
+                 {"name": "supervised", "recipe": "supervised-digits"}]}))
+    return tmp_path / "suite.yaml"
+
+
+class Spy:
+    """Runs selfsup in-process and records which subcommands the runner asked for."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, args: list[str]) -> int:
+        self.calls.append(list(args))
+        return main(list(args))
+
+
+def test_runner_end_to_end_on_digits(tmp_path):
+    suite_file = write_suite(tmp_path)
+    spy = Spy()
+    report = run_suite(load_suite(suite_file), cli=spy, log=lambda _: None)
+    trains = [c for c in spy.calls if c[0] == "train"]
+    evals = [c for c in spy.calls if c[0] == "eval"]
+    assert len(trains) == 4  # 2 rows x 2 seeds
+    assert len(evals) == 6  # fine-tune each of the 4 encoders + 2 from-scratch controls
+    assert sum("eval.finetune.from_scratch=true" in c for c in evals) == 2
+    rows = report["rows"]
+    assert set(rows) == {"simclr", "random init (simclr arch.)", "supervised"}
+    for per_seed in rows.values():
+        assert set(per_seed) == {0, 1}
+        for result in per_seed.values():
+            assert {"knn_k5", "finetune"} <= set(result) and "linear" not in result
+            assert result["finetune"]["steps"] == 2  # the final step's model, never a best epoch
+    assert all("classifier" in r for r in rows["supervised"].values())  # the supervised head's own top-1
+    assert rows["random init (simclr arch.)"][0]["finetune"]["settings"]["from_scratch"] is True
+
+    md = (tmp_path / "results" / "table.md").read_text()
+    values = [100 * rows["supervised"][s]["knn_k5"]["top1"] for s in (0, 1)]
+    cell = f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+    assert f"| supervised | {cell} |" in md
+    assert "| random init (simclr arch.) |" in md and "own head (supervised)" in md
+    for args in trains + evals:  # every command that ran is written out in full
+        assert " ".join(args[:3]) in md
+    assert "trainer.seed=1" in md and f"run.dir={tmp_path / 'runs' / 'supervised-seed1'}" in md
+    saved = json.loads((tmp_path / "results" / "table.json").read_text())
+    assert saved["rows"]["simclr"]["0"]["knn_k5"] == rows["simclr"][0]["knn_k5"]
+
+    # Second pass: the run directories and the fine-tuning results are reused, nothing runs.
+    spy2 = Spy()
+    again = run_suite(load_suite(suite_file), cli=spy2, log=lambda _: None)
+    assert spy2.calls == [] and again["rows"] == report["rows"]
+    assert "# reused" in (tmp_path / "results" / "table.md").read_text()
+
+    # Other fine-tuning settings: only the fine-tuning runs again, the encoders are reused.
+    write_suite(tmp_path, finetune_steps=1)
+    spy3 = Spy()
+    third = run_suite(load_suite(suite_file), cli=spy3, log=lambda _: None)
+    assert [c[0] for c in spy3.calls] == ["eval"] * 6
+    assert third["rows"]["simclr"][1]["finetune"]["steps"] == 1
+    # A key dropped from the protocol file goes back to its default, although the run's config.yaml
+    # (written at training time) still holds the old value: the eval commands spell out every key.
+    write_suite(tmp_path, finetune_steps=1, hflip=True)
+    fourth = run_suite(load_suite(suite_file), cli=Spy(), log=lambda _: None)
+    assert fourth["rows"]["random init (simclr arch.)"][1]["finetune"]["settings"]["hflip_p"] == 0.5
+
+    # Other training settings: the run directory no longer matches, so it would be retrained.
+    suite = load_suite(suite_file, overrides=["trainer.max_steps=3"])
+    assert not reusable(train_args(suite, suite.rows[0], 0))
+    assert reusable(train_args(load_suite(suite_file), load_suite(suite_file).rows[0], 0))
+
+
+def test_bad_suite_and_protocol_files_name_the_problem(tmp_path):
+    suite_file = write_suite(tmp_path)
+    bad = yaml.safe_load(suite_file.read_text())
+    bad["rows"][0]["recip"] = "x"
+    suite_file.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="unknown key 'recip'"):
+        load_suite(suite_file)
+    proto = yaml.safe_load((tmp_path / "proto.yaml").read_text())
+    proto["eval"]["finetune"]["epoch"] = 3
+    (tmp_path / "proto.yaml").write_text(yaml.safe_dump(proto))
+    with pytest.raises(ConfigError, match="eval.finetune.epoch"):
+        load_protocol(tmp_path / "proto.yaml")
+    proto["eval"]["finetune"].pop("epoch")
+    proto["protocols"] = ["knn", "svm"]
+    (tmp_path / "proto.yaml").write_text(yaml.safe_dump(proto))
+    with pytest.raises(ConfigError, match="unknown protocol 'svm'"):
+        load_protocol(tmp_path / "proto.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "eval" / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_suites_load(path):
+    suite = load_suite(path)
+    assert suite.rows and suite.seeds
+    for row in suite.rows:  # every row's training command resolves to a valid config
+        args = train_args(suite, row, suite.seeds[0])
+        assert load_config(args[1], args[2:]).trainer.seed == suite.seeds[0]
