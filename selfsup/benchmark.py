@@ -347,8 +347,11 @@ def _cell(per_seed: dict[int, dict], key: str, metric: str = "top1", seeds: int 
     values = [r[key][metric] for r in per_seed.values() if key in r and metric in r[key]]
     if not values:
         return "-"
+    partial = f" (n={len(values)})" if len(values) < seeds else ""
+    if len(values) == 1:  # one value has no spread to report
+        return f"{100 * values[0]:.2f}{partial}"
     mean, std = mean_std([100 * v for v in values])
-    return f"{mean:.2f} ± {std:.2f}" + (f" (n={len(values)})" if len(values) < seeds else "")
+    return f"{mean:.2f} ± {std:.2f}{partial}"
 
 
 def _columns(table: dict[str, dict[int, dict]]) -> list[tuple[str, str]]:
@@ -368,8 +371,9 @@ def format_markdown(suite: Suite, table: dict[str, dict[int, dict]], commands: l
              f"Protocol `{suite.protocol.name}` ({suite.protocol.path}): {', '.join(suite.protocol.protocols)}.", ""]
     if suite.protocol.description:
         lines += [suite.protocol.description, ""]
-    lines += [f"Top-1 accuracy on the test split (%), mean ± sample std over seeds {suite.seeds} "
-              f"(n = {len(suite.seeds)}); every number is the final checkpoint's / final epoch's, never a best epoch.", ""]
+    spread = (f"mean ± sample std over seeds {suite.seeds} (n = {len(suite.seeds)})" if len(suite.seeds) > 1
+              else f"one seed ({suite.seeds[0]})")
+    lines += [f"Top-1 accuracy on the test split (%), {spread}; every number is the final checkpoint's / final epoch's, never a best epoch.", ""]
     lines.append("| encoder | " + " | ".join(h for _, h in cols) + " |")
     lines.append("|---|" + "---:|" * len(cols))
     for name, per_seed in table.items():

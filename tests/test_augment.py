@@ -266,6 +266,8 @@ def test_per_sample_jitter_order_composes_each_samples_ops_in_its_own_order():
     order = A.sample_jitter_order(24, _gen(8))
     assert sorted(order[0].tolist()) == [0, 1, 2, 3] and len({tuple(o) for o in order.tolist()}) > 1
     out = A.apply_color_jitter(x, params, order)
+    # the masked path (the default off the CPU: no host sync) computes the same as the grouped one
+    torch.testing.assert_close(A.apply_color_jitter(x, params, order, grouped=False), out)
     ops = (A.adjust_brightness, A.adjust_contrast, A.adjust_saturation, A.adjust_hue)
     names = ("brightness", "contrast", "saturation", "hue")
     for i in range(24):  # loop reference: one image, its own order, torchvision's composition
