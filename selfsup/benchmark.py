@@ -274,34 +274,31 @@ def run_suite(suite: Suite, *, cli: Callable[[list[str]], int] = _cli, log: Call
                 ft = {**settings, "seed": seed, "from_scratch": scratch}
                 return [*protocol_keys, *(f"eval.finetune.{k}={_yaml_value(v)}" for k, v in ft.items())]
 
-            results = _read_json(run / "eval.json")
-            ft_settings = {**settings, "seed": seed}
-            if finetune and _finetune_done(results, "finetune", ft_settings):
-                commands.append({"row": row.name, "seed": seed, "reused": True,
-                                 "command": ["eval", "--protocol", "finetune", str(run), *eval_overrides(False)]})
-            elif finetune:
-                ev = ["eval", "--protocol", "finetune", str(run), *eval_overrides(False)]
-                log(f"[benchmark] fine-tuning {row.name} seed {seed}: selfsup {shlex.join(ev)}")
+            def finetune_once(key: str, wanted: dict, scratch: bool, label: str, what: str, failure: str) -> None:
+                """Run one fine-tuning of this run unless eval.json already holds it with ``wanted`` settings."""
+                ev = ["eval", "--protocol", "finetune", str(run), *eval_overrides(scratch)]
+                if _finetune_done(_read_json(run / "eval.json"), key, wanted):
+                    commands.append({"row": label, "seed": seed, "reused": True, "command": ev})
+                    return
+                log(f"[benchmark] {what} seed {seed}: selfsup {shlex.join(ev)}")
                 if cli(ev) != 0:
-                    raise RuntimeError(f"fine-tuning failed: selfsup {shlex.join(ev)}")
-                commands.append({"row": row.name, "seed": seed, "command": ev})
-                results = _read_json(run / "eval.json")
+                    raise RuntimeError(f"{failure}: selfsup {shlex.join(ev)}")
+                commands.append({"row": label, "seed": seed, "command": ev})
+
+            ft_settings = {**settings, "seed": seed}
+            if finetune:
+                finetune_once("finetune", ft_settings, False, row.name, f"fine-tuning {row.name}", "fine-tuning failed")
+            results = _read_json(run / "eval.json")
             table[row.name][seed] = _pick(results, suite.protocol.protocols)
             summary = _read_json(run / "summary.json")
             if "train_time_s" in summary:  # how long the training took (not a protocol: kept out of the columns)
                 table[row.name][seed]["_train_time_s"] = summary["train_time_s"]
             if row.random_baseline:
                 random = _read_json(run / "eval_random_init.json")
-                scratch = {**ft_settings, "from_scratch": True}
-                if finetune and _finetune_done(results, "finetune_scratch", scratch):
-                    commands.append({"row": f"random init ({row.name})", "seed": seed, "reused": True,
-                                     "command": ["eval", "--protocol", "finetune", str(run), *eval_overrides(True)]})
-                elif finetune:
-                    ev = ["eval", "--protocol", "finetune", str(run), *eval_overrides(True)]
-                    log(f"[benchmark] from scratch ({row.name} architecture) seed {seed}: selfsup {shlex.join(ev)}")
-                    if cli(ev) != 0:
-                        raise RuntimeError(f"fine-tuning from scratch failed: selfsup {shlex.join(ev)}")
-                    commands.append({"row": f"random init ({row.name})", "seed": seed, "command": ev})
+                if finetune:
+                    finetune_once("finetune_scratch", {**ft_settings, "from_scratch": True}, True,
+                                  f"random init ({row.name})", f"from scratch ({row.name} architecture)",
+                                  "fine-tuning from scratch failed")
                     results = _read_json(run / "eval.json")
                 if finetune and "finetune_scratch" in results:
                     random["finetune"] = results["finetune_scratch"]
