@@ -82,18 +82,26 @@ def build_ours(args: argparse.Namespace):
 
 
 class LightlySimCLR(nn.Module):
-    """LightlySSL's SimCLR example model: torchvision resnet18 without ``fc`` + SimCLRProjectionHead."""
+    """LightlySSL's SimCLR example model: torchvision resnet18 without ``fc`` + SimCLRProjectionHead.
 
-    def __init__(self, hidden_dim: int, out_dim: int, small_stem: bool):
+    ``selfsup_backbone``: timm's resnet18 as ``selfsup`` builds it instead (its init zero-scales the
+    last BN of every block), to tell a backbone difference from a pipeline difference.
+    """
+
+    def __init__(self, hidden_dim: int, out_dim: int, small_stem: bool, selfsup_backbone: bool = False):
         super().__init__()
         import torchvision
         from lightly.models.modules import SimCLRProjectionHead
 
-        backbone = torchvision.models.resnet18()
-        if small_stem:
-            backbone.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-            backbone.maxpool = nn.Identity()
-        backbone.fc = nn.Identity()
+        if selfsup_backbone:
+            from selfsup.backbones import create_backbone
+            backbone = create_backbone("resnet18", small_stem=small_stem)
+        else:
+            backbone = torchvision.models.resnet18()
+            if small_stem:
+                backbone.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+                backbone.maxpool = nn.Identity()
+            backbone.fc = nn.Identity()
         self.backbone = backbone
         self.projection_head = SimCLRProjectionHead(512, hidden_dim, out_dim)
 
@@ -118,7 +126,7 @@ def build_lightly(args: argparse.Namespace, cfg, mean, std):
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          num_workers=args.workers)
     torch.manual_seed(t.seed)
-    model = LightlySimCLR(m.proj_hidden_dim, m.proj_dim, args.small_stem)
+    model = LightlySimCLR(m.proj_hidden_dim, m.proj_dim, args.small_stem, getattr(args, "selfsup_backbone", False))
     criterion = NTXentLoss(temperature=m.temperature)
     lr = t.lr * args.batch_size / 256
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)

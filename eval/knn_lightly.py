@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores)")
     p.add_argument("--joint-forward", action="store_true",
                    help="both views in one backbone call (batch norm over both, as selfsup's SimCLR)")
+    p.add_argument("--selfsup-backbone", action="store_true",
+                   help="selfsup's backbone (timm resnet18) in LightlySSL's pipeline, instead of torchvision's")
     p.add_argument("overrides", nargs="*", help="selfsup config overrides (trainer.epochs=2 ...)")
     args = p.parse_args(argv)
 
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{step * args.batch_size / (time.perf_counter() - start):.0f} images/s", flush=True)
     seconds = time.perf_counter() - start
     results = evaluate(model.backbone, train_data, load_split(cfg, "val"), cfg.eval, protocols=["knn"])
-    print(json.dumps({"joint_forward": args.joint_forward, "seed": t.seed, "epochs": t.epochs, "steps": total, "train_seconds": seconds,
+    print(json.dumps({"joint_forward": args.joint_forward, "selfsup_backbone": args.selfsup_backbone, "seed": t.seed, "epochs": t.epochs, "steps": total, "train_seconds": seconds,
                       "images_per_s": total * args.batch_size / seconds, **results}))
     return 0
 

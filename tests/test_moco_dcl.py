@@ -121,8 +121,10 @@ def test_queue_is_a_ring_buffer_that_overwrites_the_oldest_keys_first():
         assert all((moco.queue == row).all(1).any() for row in newest)
 
 
-def test_step_uses_the_old_queue_then_enqueues_the_keys_and_updates_the_key_encoder():
-    moco = build_moco(queue_size=10, shuffle_bn=False)
+@pytest.mark.parametrize("head_bn", [False, True])
+def test_step_uses_the_old_queue_then_enqueues_the_keys_and_updates_the_key_encoder(head_bn):
+    moco = build_moco(queue_size=10, shuffle_bn=False, head_bn=head_bn)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in moco.head.modules()) == head_bn
     opt = torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=0.5)
     schedule = moco.schedules(total_steps=6, steps_per_epoch=3)["ema_momentum"]
     assert schedule[0] == pytest.approx(0.99) and schedule[-1] < 1 and all(schedule[1:] >= schedule[:-1])
@@ -147,7 +149,8 @@ def test_step_uses_the_old_queue_then_enqueues_the_keys_and_updates_the_key_enco
         key = list(moco.key_backbone.parameters()) + list(moco.key_head.parameters())
         for old, new, src in zip(key_state, key, query):
             torch.testing.assert_close(new, m * old + (1 - m) * src, rtol=1e-6, atol=1e-7)
-        for buf_k, buf_q in zip(moco.key_backbone.buffers(), moco.backbone.buffers()):
+        for buf_k, buf_q in zip([*moco.key_backbone.buffers(), *moco.key_head.buffers()],
+                                [*moco.backbone.buffers(), *moco.head.buffers()]):
             assert torch.equal(buf_k, buf_q)  # BN statistics are copied, as in MoCo's code
         for row in expected_k:
             ring[ptr], ptr = row, (ptr + 1) % 10
@@ -155,8 +158,9 @@ def test_step_uses_the_old_queue_then_enqueues_the_keys_and_updates_the_key_enco
         assert int(moco.queue_ptr) == ptr
 
 
-def test_shuffle_bn_encodes_random_groups_and_returns_keys_in_input_order():
-    moco = build_moco(bn_splits=3)
+@pytest.mark.parametrize("head_bn", [False, True])
+def test_shuffle_bn_encodes_random_groups_and_returns_keys_in_input_order(head_bn):
+    moco = build_moco(bn_splits=3, head_bn=head_bn)
     x = views(12, 0)[1]
     torch.manual_seed(7)
     k, k_all = moco.keys(x)

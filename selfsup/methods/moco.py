@@ -35,6 +35,7 @@ from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
 from selfsup.distributed import gather_no_grad, rank, world_size
 from selfsup.ema import ema_update, frozen_copy, momentum_schedule
+from selfsup.heads import ProjectionHead
 from selfsup.errors import ConfigError
 from selfsup.losses.moco import infonce
 from selfsup.methods.base import Method
@@ -53,12 +54,20 @@ class MoCoConfig(MethodConfig):
     symmetric: bool = False  # both views as queries, loss averaged (MoCo v2 is asymmetric)
     shuffle_bn: bool = True  # key-encoder BN over random groups of the global batch
     bn_splits: int = 8  # number of those groups over the global batch
+    head_bn: bool = False  # BN after the head's hidden layer (MoCo v3's head, arXiv:2104.02057; v2 has none)
     crop_scale: tuple[float, float] = (0.2, 1.0)  # MoCo v2's augmentation
     blur: bool | None = None  # None: blur when the images are 64 px or larger (as SimCLR on CIFAR)
 
 
-def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """MoCo v2's head: fc - ReLU - fc, no BN (Chen et al. 2020b, sec. 2). [B, in_dim] -> [B, out_dim]."""
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, bn: bool = False) -> nn.Sequential:
+    """MoCo v2's head: fc - ReLU - fc, no BN (Chen et al. 2020b, sec. 2). [B, in_dim] -> [B, out_dim].
+
+    ``bn``: fc - BN - ReLU - fc instead, the hidden-layer BN of MoCo v3's heads (Chen, Xie, He 2021,
+    arXiv:2104.02057) and of SimCLR's. A randomly initialised encoder maps all images to nearly
+    the same direction; BN spreads the projections from the first step, so short runs learn faster.
+    """
+    if bn:
+        return ProjectionHead(in_dim, hidden_dim, out_dim)
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
 
@@ -88,7 +97,7 @@ class MoCo(Method):
         for key in ("queue_size", "bn_splits", "proj_dim"):
             if getattr(cfg, key) < 1:
                 raise ConfigError(f"method.{key}={getattr(cfg, key)} must be >= 1")
-        self.head = mlp_head(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.head = mlp_head(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim, bn=cfg.head_bn)
         self.key_backbone = frozen_copy(backbone)
         self.key_head = frozen_copy(self.head)
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))
