@@ -4,6 +4,7 @@ All of them are no-ops in a single process, so methods call them unconditionally
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,13 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _collective_device() -> torch.device:
+    """Where this group's collectives take their tensors: the current CUDA device under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -78,11 +86,88 @@ def mean_over_processes(values: dict[str, float | None]) -> dict[str, float | No
     keys = sorted(k for k, v in values.items() if v is not None)
     if not keys:
         return values
-    backend = dist.get_backend()
-    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    x = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    x = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return {**values, **dict(zip(keys, (x / world_size()).tolist()))}
+
+
+def shard_bounds(n: int) -> tuple[int, int]:
+    """This rank's contiguous share ``[start, stop)`` of ``n`` rows.
+
+    Rank ``r`` of ``W`` takes ``n // W`` rows, plus one for the first ``n % W`` ranks (as
+    ``torch.tensor_split``): shards differ by at most one row, follow rank order and cover
+    ``0 .. n - 1`` exactly once (9 rows on 2 ranks: ``(0, 5)`` and ``(5, 9)``). One process: ``(0, n)``.
+    """
+    base, extra = divmod(n, world_size())
+    r = rank()
+    start = r * base + min(r, extra)
+    return start, start + base + int(r < extra)
+
+
+@torch.no_grad()
+def gather_rows(x: torch.Tensor, total: int) -> torch.Tensor:
+    """Every rank's row block ``x`` [n_r, ...] concatenated in rank order: [total, ...] on every rank.
+
+    The blocks may differ in length (the shards of :func:`shard_bounds`, or an empty one): each is
+    padded to the longest for one ``all_gather`` and the padding is cut off again, so every row
+    appears exactly once. ``total`` must be the sum of the blocks' lengths (checked on every rank
+    alike, so all raise together); trailing shape and dtype must agree across ranks. Returned on
+    ``x``'s device, without gradient. One process: ``x`` itself.
+    """
+    if world_size() == 1:
+        if x.shape[0] != total:
+            raise ValueError(f"gather_rows: the block has {x.shape[0]} rows, expected {total}")
+        return x
+    device = _collective_device()
+    mine = torch.tensor([x.shape[0]], dtype=torch.int64, device=device)
+    counts = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(counts, mine)
+    lengths = [int(c) for c in counts]
+    if sum(lengths) != total:
+        raise ValueError(f"gather_rows: the ranks' blocks hold {lengths} rows, {sum(lengths)} in all, expected {total}")
+    padded = x.new_zeros((max(lengths), *x.shape[1:]), device=device)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in lengths]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, lengths)]).to(x.device)
+
+
+def broadcast_tensor(x: torch.Tensor | None) -> torch.Tensor | None:
+    """Rank 0's ``x`` (a tensor of any shape, or ``None``) on every rank; what other ranks pass is ignored.
+
+    Rank 0 gets its own ``x`` back; the others receive a copy on the CPU (e.g. features rank 0 alone
+    read from its cache). One process: ``x``.
+    """
+    if world_size() == 1:
+        return x
+    header = [None if x is None else (tuple(x.shape), x.dtype)]
+    dist.broadcast_object_list(header, src=0)
+    if header[0] is None:
+        return None
+    shape, dtype = header[0]
+    device = _collective_device()
+    buffer = x.contiguous().to(device) if rank() == 0 else torch.empty(shape, dtype=dtype, device=device)
+    dist.broadcast(buffer, src=0)
+    return x if rank() == 0 else buffer.cpu()
+
+
+@torch.no_grad()
+def broadcast_module_state(module: torch.nn.Module) -> None:
+    """Overwrite every rank's parameters and buffers of ``module`` with rank 0's, in place.
+
+    For a module every rank must hold identically although nothing made it so: a freshly
+    initialised encoder (seeded initialisation need not agree across ranks or devices), or
+    per-process BatchNorm statistics after training. Every rank must call it with the same
+    architecture (tensors are matched by order). One process: nothing to do.
+    """
+    if world_size() == 1:
+        return
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        data = tensor.detach()  # same storage
+        buffer = data if data.is_contiguous() else data.contiguous()
+        dist.broadcast(buffer, src=0)
+        if buffer is not data:
+            data.copy_(buffer)
 
 
 class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):

@@ -12,8 +12,9 @@ from selfsup.backbones import create_backbone, default_model_args, is_sequence_b
 from selfsup.config import Config, config_to_dict, save_config, validate_config, validate_paths
 from selfsup.data import ImageDataset, load_dataset
 from selfsup.data.streaming import StreamingImageFolder, is_streaming, open_split
+from selfsup.distributed import broadcast_module_state
 from selfsup.errors import ConfigError
-from selfsup.evaluation.protocols import evaluate, format_table
+from selfsup.evaluation.protocols import evaluate, evaluation_features, format_table
 from selfsup.export import export_encoder
 from selfsup.methods import METHODS, create_method
 from selfsup.methods.base import Method
@@ -103,30 +104,52 @@ def train(cfg: Config) -> dict:
         export_encoder(trainer.method.encoder, run_dir / "encoder", mean=train_data.mean, std=train_data.std,
                        input_size=tuple(train_data.shape), method=cfg.method.name,
                        recipe=config_to_dict(cfg))
-    # The other processes stop here: rank 0 evaluates the whole validation split alone (no sample is
-    # counted twice, and no barrier waits on an evaluation that may outlast the collective timeout).
     acc.wait_for_everyone()
+    if cfg.eval.at_end:
+        results = _evaluate_run(cfg, trainer, train_data, run_dir, acc)
     if acc.is_main_process:
-        encoder = trainer.method.encoder
-        if cfg.eval.at_end:
-            classifier = trainer.method if hasattr(trainer.method, "classify") else None
-            results = _evaluate_run(cfg, encoder, train_data, run_dir, acc.device, classifier)
         print(finish_run(run_dir, cfg, total_steps=trainer.total_steps, results=results))
     return results
 
 
-def _evaluate_run(cfg: Config, encoder, train_data: ImageDataset, run_dir: Path, device, classifier=None) -> dict:
-    """kNN / linear probe on ``encoder`` (plus ``classifier``'s own head, if any); writes eval.json."""
-    val_data = load_split(cfg, "val")
-    results = evaluate(encoder, train_data, val_data, cfg.eval, device=device, classifier=classifier,
-                       cache_dir=run_dir / "features", plots_dir=run_dir / "plots" if cfg.run.plots else None)
-    (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
-    rows = {f"{cfg.method.name} (pretrained)": results}
+def _evaluate_run(cfg: Config, trainer: Trainer, train_data: ImageDataset, run_dir: Path, acc: Accelerator) -> dict:
+    """kNN / linear probe on the trained encoder (plus the method's own classifier head, if any) and,
+    with ``eval.random_baseline``, on a randomly initialised one; rank 0 writes eval.json
+    (eval_random_init.json) and returns the results, the other ranks return ``{}``.
+
+    One process: each encoder is evaluated in turn. Several: every rank runs the encoders on its share
+    of both splits and gets all the features (each sample counted once); both encoders' features are
+    extracted before any probe runs, so when rank 0 then fits the probes alone (and writes, and prints)
+    no other rank is left waiting in a collective that could outlast its timeout: they return at once.
+    Every extraction path shards (in-memory and streamed splits alike), so rank 0 never evaluates alone.
+    """
+    with acc.main_process_first():  # rank 0 decodes and caches; the others read its cache
+        val_data = load_split(cfg, "val")
+    shard = acc.num_processes > 1
+    method = trainer.method
+    if shard:  # evaluate rank 0's (exported) weights everywhere: BN statistics may be per process
+        broadcast_module_state(method)
+    runs = [("eval.json", method.encoder, method if hasattr(method, "classify") else None, run_dir / "features",
+             run_dir / "plots" if cfg.run.plots else None)]
     if cfg.eval.random_baseline:
-        random_encoder = build_method(cfg, train_data).encoder.to(device)
-        baseline = evaluate(random_encoder, train_data, val_data, cfg.eval, device=device)
-        (run_dir / "eval_random_init.json").write_text(json.dumps(baseline, indent=2) + "\n")
-        rows["random init (same architecture)"] = baseline
+        random_encoder = build_method(cfg, train_data).encoder.to(acc.device)
+        broadcast_module_state(random_encoder)  # the same weights on every rank, whatever the seeding did
+        runs.append(("eval_random_init.json", random_encoder, None, None, None))
+    extracted = [None] * len(runs)  # one process: evaluate() extracts as it goes, one encoder at a time
+    if shard:
+        extracted = [evaluation_features(encoder, train_data, val_data, cfg.eval, device=acc.device,
+                                         classifier=classifier, cache_dir=cache_dir, shard=True)
+                     for _, encoder, classifier, cache_dir, _ in runs]
+        if not acc.is_main_process:
+            return {}
+    results = {}
+    for (name, encoder, classifier, cache_dir, plots_dir), features in zip(runs, extracted):
+        results[name] = evaluate(encoder, train_data, val_data, cfg.eval, device=acc.device, classifier=classifier,
+                                 cache_dir=cache_dir, plots_dir=plots_dir, features=features)
+        (run_dir / name).write_text(json.dumps(results[name], indent=2) + "\n")
+    rows = {f"{cfg.method.name} (pretrained)": results["eval.json"]}
+    if "eval_random_init.json" in results:
+        rows["random init (same architecture)"] = results["eval_random_init.json"]
     print(format_table(rows))
-    return results
+    return results["eval.json"]
 

@@ -3,11 +3,14 @@
 kNN and linear probes (see :mod:`selfsup.evaluation.knn`, :mod:`selfsup.evaluation.linear`)
 work on these features, so the encoder runs once per evaluation; :func:`cached_features` also
 keeps them on disk, keyed by the encoder's weights, the data and the transform, so a later
-protocol on the same encoder does not run it again.
+protocol on the same encoder does not run it again. With several processes (``shard=True``) each
+rank runs the encoder on its share of the rows and the shares are gathered, so every sample is
+computed exactly once and every rank ends with all the features.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.data.streaming import StreamingImageFolder, is_streaming, stream_images
+from selfsup.distributed import broadcast_tensor, gather_rows, rank, shard_bounds, world_size
 from selfsup.errors import DataError, SelfsupError
 from selfsup.progress import progress_bar
 
@@ -85,6 +89,7 @@ def extract_features(
     device: torch.device | str | None = None,
     image_size: int | None = None,
     progress: bool = True,
+    shard: bool = False,
 ) -> torch.Tensor:
     """Run a frozen ``encoder`` over ``images`` batch by batch and return its features.
 
@@ -108,6 +113,13 @@ def extract_features(
         device: where to run; default: the device of the encoder's parameters (CPU if none).
         image_size: side length to resize to; ``None`` keeps H x W.
         progress: show a progress bar (plain periodic lines when stderr is not a terminal).
+        shard: when ``torch.distributed`` runs several processes, each rank runs the encoder on its
+            contiguous share of the rows only (:func:`~selfsup.distributed.shard_bounds`; a streaming
+            split by its file list) and the shares are gathered
+            (:func:`~selfsup.distributed.gather_rows`): every rank returns the same [N, D], in row
+            order, each row computed once. Every rank must call it, with the same arguments; only
+            rank 0 shows progress. With fewer rows than processes every rank extracts them all.
+            One process: ignored.
 
     Returns:
         float32 [N, D] on the CPU.
@@ -117,6 +129,11 @@ def extract_features(
         _check_images(images)
     if batch_size < 1:
         raise SelfsupError(f"batch_size must be a positive integer, got {batch_size}")
+    total = len(images)
+    sharded = _shards(shard, total)
+    if sharded:
+        images = _rows(images, *shard_bounds(total))
+        progress = progress and rank() == 0
     run_device = _resolve_device(encoder, device)
     channels = images.shape[0] if streaming else images.shape[1]
     mean_t = _channel_stats(mean, "mean", channels, run_device)
@@ -140,7 +157,22 @@ def extract_features(
             module.training = was_training
     # Concatenating outside inference mode yields an ordinary tensor, so callers may use the
     # features freely (in-place ops, autograd inputs) instead of getting an inference tensor.
-    return torch.cat(chunks)
+    features = torch.cat(chunks)
+    return gather_rows(features, total) if sharded else features
+
+
+def _shards(shard: bool, num_rows: int) -> bool:
+    """Whether extraction is split over the processes: asked for, several processes, and a row for each."""
+    return shard and world_size() > 1 and num_rows >= world_size()
+
+
+def _rows(images: torch.Tensor | StreamingImageFolder, start: int, stop: int) -> torch.Tensor | StreamingImageFolder:
+    """Rows ``start .. stop - 1`` of ``images``: a view [stop - start, C, H, W] of a tensor, or a
+    streaming split of those files. (A streamed file that cannot be read is replaced by another image
+    of its batch, so batches cut at other places may fill it with another image.)"""
+    if is_streaming(images):
+        return dataclasses.replace(images, files=images.files[start:stop], labels=images.labels[start:stop])
+    return images[start:stop]
 
 
 def _forward(
@@ -251,6 +283,7 @@ def cached_features(
     batch_size: int = 512,
     device: torch.device | str | None = None,
     progress: bool = True,
+    shard: bool = False,
 ) -> torch.Tensor:
     """:func:`extract_features`, reusing features saved under ``cache_dir`` by an earlier call.
 
@@ -259,34 +292,64 @@ def cached_features(
     fingerprints, which are compared before the features are reused. So a second protocol on
     the same encoder, data and transform loads the features instead of running the encoder,
     and any change of a weight, the data or the transform extracts afresh. Files are written
-    atomically (temporary name, then rename); stale ones are left in place (delete the
-    directory to reclaim the space: about N x D x 4 bytes each). ``cache_dir=None`` disables
+    atomically (temporary name, then rename), by rank 0 only; stale ones are left in place (delete
+    the directory to reclaim the space: about N x D x 4 bytes each). ``cache_dir=None`` disables
     the cache.
 
+    ``shard`` (several processes; every rank must call it, with the same arguments): rank 0 alone
+    touches ``cache_dir``. It looks the file up and tells the others (sending them the features on a
+    hit), so all ranks take the same branch; on a miss every rank extracts its share
+    (:func:`extract_features` with ``shard=True``) and rank 0 writes the gathered features. No rank
+    ever reads a file another is writing, and the directory need not be shared between machines.
+
     Returns:
-        float32 [N, D] on the CPU, as :func:`extract_features`.
+        float32 [N, D] on the CPU, as :func:`extract_features` (on every rank when sharded).
     """
     if cache_dir is None:
         return extract_features(encoder, images, mean, std, batch_size=batch_size, device=device,
-                                image_size=image_size, progress=progress)
+                                image_size=image_size, progress=progress, shard=shard)
     if not is_streaming(images):
         _check_images(images)
-    key = feature_cache_key(encoder, images, mean, std, labels=labels, dataset_id=dataset_id, image_size=image_size)
-    cache_dir = Path(cache_dir)
-    name = "-".join(key[k][:16] for k in ("encoder", "dataset", "transform"))
-    path = cache_dir / f"features-{name}.safetensors"
-    if path.is_file():
-        try:
-            with safetensors.safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                features = f.get_tensor("features") if metadata.get("key") == json.dumps(key, sort_keys=True) else None
-        except Exception:  # a corrupt or foreign file: extract again and overwrite it
-            features = None
-        if features is not None and features.shape[0] == len(images):
-            return features
+    together = shard and world_size() > 1
+    path = key = features = None
+    if rank() == 0 or not together:
+        key = feature_cache_key(encoder, images, mean, std, labels=labels, dataset_id=dataset_id,
+                                image_size=image_size)
+        path = _cache_path(Path(cache_dir), key)
+        features = _load_cached(path, key, len(images))
+    if together:
+        features = broadcast_tensor(features)  # rank 0's hit (or miss) is every rank's
+    if features is not None:
+        return features
     features = extract_features(encoder, images, mean, std, batch_size=batch_size, device=device,
-                                image_size=image_size, progress=progress)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+                                image_size=image_size, progress=progress, shard=shard)
+    if rank() == 0:  # one writer; a rank extracting on its own (not sharded) just does not cache
+        _save_cached(path, features, key, dataset_id)
+    return features
+
+
+def _cache_path(cache_dir: Path, key: dict[str, str]) -> Path:
+    name = "-".join(key[k][:16] for k in ("encoder", "dataset", "transform"))
+    return cache_dir / f"features-{name}.safetensors"
+
+
+def _load_cached(path: Path, key: dict[str, str], num_rows: int) -> torch.Tensor | None:
+    """The features [num_rows, D] saved at ``path`` under ``key``, or ``None`` (no file, another key,
+    another length, or a corrupt or foreign file: extract again and overwrite it)."""
+    if not path.is_file():
+        return None
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            features = f.get_tensor("features") if metadata.get("key") == json.dumps(key, sort_keys=True) else None
+    except Exception:
+        return None
+    return features if features is not None and features.shape[0] == num_rows else None
+
+
+def _save_cached(path: Path, features: torch.Tensor, key: dict[str, str], dataset_id: str) -> None:
+    """Write ``features`` [N, D] to ``path`` atomically: a temporary name, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         safetensors.torch.save_file({"features": features.contiguous()}, str(tmp),
@@ -294,4 +357,3 @@ def cached_features(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return features

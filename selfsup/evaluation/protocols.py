@@ -49,7 +49,8 @@ class _Classify(nn.Module):
 
 def evaluate(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: EvalConfig, *,
              protocols: Iterable[str] | None = None, device=None, progress: bool = True,
-             classifier: nn.Module | None = None, cache_dir=None, plots_dir=None) -> dict[str, dict]:
+             classifier: nn.Module | None = None, cache_dir=None, plots_dir=None, shard: bool = False,
+             features: dict[str, Tensor] | None = None) -> dict[str, dict]:
     """Run ``protocols`` (default: kNN, plus the linear probe if ``cfg.linear``) on ``encoder``.
 
     Both splits are normalised with the training split's statistics, as in training; grey data meet a
@@ -60,24 +61,17 @@ def evaluate(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: Ev
     ``cache_dir``: keep the frozen features there and reuse them while encoder, data and transform are
     unchanged (:func:`~selfsup.evaluation.features.cached_features`). ``plots_dir``: write ``tsne.png``
     of the ``val`` features and, with the linear probe, ``confusion_linear.png`` there (needs matplotlib).
+    ``shard``: extract the features over all processes (see :func:`evaluation_features`), every rank
+    calling this; each then runs the protocols itself. ``features``: what :func:`evaluation_features`
+    returned for the same arguments (e.g. every rank extracted together, and now rank 0 alone runs the
+    protocols): nothing is extracted again.
     Returns ``{"knn_k20": {"top1": ..}, "knn_k200": {..}, "linear": {..}[, "finetune": {..}][, "classifier": {..}]}``.
     """
-    protocols = list(protocols or (["knn", "linear"] if cfg.linear else ["knn"]))
-    unknown = [p for p in protocols if p not in PROTOCOLS]
-    if unknown:
-        raise DataError(f"unknown protocol {unknown[0]!r} (protocols: {', '.join(PROTOCOLS)})")
-    in_chans = (getattr(encoder, "selfsup_spec", None) or {}).get("in_chans")
-    train, val = match_channels(train, in_chans), match_channels(val, in_chans)
-    if list(train.classes) != list(val.classes):  # label i would mean different classes in the two splits
-        only = sorted(set(train.classes) ^ set(val.classes))
-        raise DataError(f"the training and evaluation splits have different classes ({len(train.classes)} vs "
-                        f"{len(val.classes)}; in one only: {', '.join(only[:5]) or 'same names, other order'}): "
-                        "labels would not match")
-    features = {
-        name: cached_features(encoder, _pixels(data), train.mean, train.std, cache_dir=cache_dir, labels=data.labels,
-                              dataset_id=name, batch_size=cfg.batch_size, device=device, progress=progress)
-        for name, data in (("train", train), ("val", val))
-    } if any(p in protocols for p in ("knn", "linear")) else {}
+    protocols = _protocol_list(protocols, cfg)
+    train, val = _matched_splits(encoder, train, val)
+    if features is None:
+        features = _frozen_features(encoder, train, val, cfg, protocols, device=device, progress=progress,
+                                    classifier=classifier, cache_dir=cache_dir, shard=shard)
     predictions = None
     results: dict[str, dict] = {}
     num_classes = len(train.classes)
@@ -96,15 +90,70 @@ def evaluate(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: Ev
             raise DataError("fine-tuning needs both splits in memory: raise data.in_memory_max_gb")
         results[finetune_key(cfg.finetune)] = finetune(encoder, train, val, cfg.finetune, device=device,
                                                        progress=progress, eval_batch_size=cfg.batch_size)
-    if plots_dir is not None and features:
+    if plots_dir is not None and "val" in features:
         from selfsup.evaluation.plots import write_eval_plots
 
         write_eval_plots(plots_dir, features["val"], val.labels, list(val.classes), predictions=predictions)
     if classifier is not None:
-        logits = extract_features(_Classify(classifier), _pixels(val), train.mean, train.std, batch_size=cfg.batch_size,
-                                  device=device, progress=progress)
+        logits = features["classifier"]
         results["classifier"] = {"top1": float((logits.argmax(dim=1) == val.labels).float().mean())}
     return results
+
+
+def evaluation_features(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: EvalConfig, *,
+                        protocols: Iterable[str] | None = None, device=None, progress: bool = True,
+                        classifier: nn.Module | None = None, cache_dir=None, shard: bool = False) -> dict[str, Tensor]:
+    """The frozen outputs :func:`evaluate` reads, for the same arguments: ``{"train": [N_train, D],
+    "val": [N_val, D]}`` when kNN or the linear probe is asked for, plus ``"classifier"``: ``classifier``'s
+    logits [N_val, K] on ``val``; float32 on the CPU. Fine-tuning needs none (it runs the encoder itself).
+
+    ``shard``: every rank runs the encoder on its share of each split and gets all of the rows
+    (:func:`~selfsup.evaluation.features.extract_features`); every rank must call it, with the same
+    arguments, and only rank 0 reads or writes ``cache_dir``. The probes can then run on one rank
+    (:func:`evaluate` with ``features=``), with no collective left for the others to wait on.
+    """
+    protocols = _protocol_list(protocols, cfg)
+    train, val = _matched_splits(encoder, train, val)
+    return _frozen_features(encoder, train, val, cfg, protocols, device=device, progress=progress,
+                            classifier=classifier, cache_dir=cache_dir, shard=shard)
+
+
+def _protocol_list(protocols: Iterable[str] | None, cfg: EvalConfig) -> list[str]:
+    """``protocols``, or the default (kNN, plus the linear probe if ``cfg.linear``); unknown names raise."""
+    protocols = list(protocols or (["knn", "linear"] if cfg.linear else ["knn"]))
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise DataError(f"unknown protocol {unknown[0]!r} (protocols: {', '.join(PROTOCOLS)})")
+    return protocols
+
+
+def _matched_splits(encoder: nn.Module, train: ImageDataset, val: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
+    """Both splits with the encoder's channel count; their classes must agree."""
+    in_chans = (getattr(encoder, "selfsup_spec", None) or {}).get("in_chans")
+    train, val = match_channels(train, in_chans), match_channels(val, in_chans)
+    if list(train.classes) != list(val.classes):  # label i would mean different classes in the two splits
+        only = sorted(set(train.classes) ^ set(val.classes))
+        raise DataError(f"the training and evaluation splits have different classes ({len(train.classes)} vs "
+                        f"{len(val.classes)}; in one only: {', '.join(only[:5]) or 'same names, other order'}): "
+                        "labels would not match")
+    return train, val
+
+
+def _frozen_features(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: EvalConfig,
+                     protocols: list[str], *, device, progress: bool, classifier: nn.Module | None, cache_dir,
+                     shard: bool) -> dict[str, Tensor]:
+    """:func:`evaluation_features` on splits already through :func:`_matched_splits`."""
+    features = {
+        name: cached_features(encoder, _pixels(data), train.mean, train.std, cache_dir=cache_dir, labels=data.labels,
+                              dataset_id=name, batch_size=cfg.batch_size, device=device, progress=progress,
+                              shard=shard)
+        for name, data in (("train", train), ("val", val))
+    } if any(p in protocols for p in ("knn", "linear")) else {}
+    if classifier is not None:
+        features["classifier"] = extract_features(_Classify(classifier), _pixels(val), train.mean, train.std,
+                                                  batch_size=cfg.batch_size, device=device, progress=progress,
+                                                  shard=shard)
+    return features
 
 
 def _pixels(data: ImageDataset | StreamingImageFolder):
