@@ -29,6 +29,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_lightly import ROOT, build_lightly, lightly_step  # noqa: E402
 
 
+class selfsup_view_batches:
+    """Batches of ``(views, labels)`` made by selfsup's ViewMaker from the in-memory uint8 split,
+    in a fresh seeded permutation each epoch (last partial batch dropped, as the DataLoader)."""
+
+    def __init__(self, cfg, data, batch_size: int, trainer_seeding: bool = False):
+        from selfsup.augment import ViewMaker
+        from selfsup.train import build_method
+        from selfsup.trainer import EpochSampler
+
+        self.views = ViewMaker(build_method(cfg, data).views, data.mean, data.std)
+        self.data, self.batch_size, self.seed = data, batch_size, cfg.trainer.seed
+        self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
+        self.sampler = EpochSampler(len(data), batch_size, cfg.trainer.seed) if trainer_seeding else None
+        self.step = 0
+
+    def __len__(self) -> int:
+        return len(self.data) // self.batch_size
+
+    def __iter__(self):
+        from selfsup.trainer import view_seed
+
+        order = torch.randperm(len(self.data), generator=self.generator)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            if self.sampler is not None:  # the Trainer's data order and per-step view seeds
+                idx = self.sampler.indices(self.step, 0, 1)
+                self.generator.manual_seed(view_seed(self.seed, self.step, 0, 0))
+            self.step += 1
+            yield self.views(self.data.images[idx], self.generator), self.data.labels[idx]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train", default="/tmp/cifar10-jpeg/train")
@@ -41,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="both views in one backbone call (batch norm over both, as selfsup's SimCLR)")
     p.add_argument("--selfsup-backbone", action="store_true",
                    help="selfsup's backbone (timm resnet18) in LightlySSL's pipeline, instead of torchvision's")
+    p.add_argument("--selfsup-views", action="store_true",
+                   help="selfsup's batched ViewMaker on the decoded uint8 images instead of LightlySSL's "
+                        "per-image PIL transform (same recipe), to tell an augmentation difference apart")
+    p.add_argument("--trainer-seeding", action="store_true",
+                   help="with --selfsup-views: the Trainer's data order and per-step view seeds")
     p.add_argument("overrides", nargs="*", help="selfsup config overrides (trainer.epochs=2 ...)")
     args = p.parse_args(argv)
 
@@ -66,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = param_groups(model, t.weight_decay)
     optimizer = torch.optim.SGD(groups, lr=float(lrs[0]), momentum=t.momentum)
     torch.manual_seed(t.seed)  # the DataLoader's shuffle
+    if args.selfsup_views:
+        loader = selfsup_view_batches(cfg, train_data, args.batch_size, args.trainer_seeding)
     step, start, losses = 0, time.perf_counter(), []
     for epoch in range(t.epochs):
         for (views, _labels) in loader:
@@ -78,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{step * args.batch_size / (time.perf_counter() - start):.0f} images/s", flush=True)
     seconds = time.perf_counter() - start
     results = evaluate(model.backbone, train_data, load_split(cfg, "val"), cfg.eval, protocols=["knn"])
-    print(json.dumps({"joint_forward": args.joint_forward, "selfsup_backbone": args.selfsup_backbone, "seed": t.seed, "epochs": t.epochs, "steps": total, "train_seconds": seconds,
+    print(json.dumps({"joint_forward": args.joint_forward, "selfsup_backbone": args.selfsup_backbone,
+                      "selfsup_views": args.selfsup_views, "trainer_seeding": args.trainer_seeding, "seed": t.seed, "epochs": t.epochs, "steps": total, "train_seconds": seconds,
                       "images_per_s": total * args.batch_size / seconds, **results}))
     return 0
 

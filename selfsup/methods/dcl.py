@@ -29,6 +29,7 @@ class DCLConfig(MethodConfig):
     crop_scale: tuple[float, float] = (0.08, 1.0)
     color_strength: float = 0.5  # SimCLR's s: jitter 0.8 s, hue 0.2 s
     blur: bool | None = None  # None: blur when the images are 64 px or larger (SimCLR's CIFAR recipe skips it)
+    proj_last_bn: bool = True  # BN on the head's output, as SimCLR's released code, on which DCL's builds
 
 
 @dataclass
@@ -45,7 +46,7 @@ class _Decoupled(Method):
 
     def __init__(self, cfg: DCLConfig, backbone, image_size: int, num_classes: int = 0):
         super().__init__(cfg, backbone, image_size, num_classes)
-        self.head = ProjectionHead(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.head = ProjectionHead(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim, last_bn=cfg.proj_last_bn)
 
     @property
     def views(self) -> list[tuple[AugmentSpec, int]]:

@@ -54,7 +54,7 @@ class MoCoConfig(MethodConfig):
     symmetric: bool = False  # both views as queries, loss averaged (MoCo v2 is asymmetric)
     shuffle_bn: bool = True  # key-encoder BN over random groups of the global batch
     bn_splits: int = 8  # number of those groups over the global batch
-    head_bn: bool = False  # BN after the head's hidden layer (MoCo v3's head, arXiv:2104.02057; v2 has none)
+    head_bn: bool = False  # BN after the head's hidden and output layers (MoCo v3's projector, arXiv:2104.02057; v2 has none)
     crop_scale: tuple[float, float] = (0.2, 1.0)  # MoCo v2's augmentation
     blur: bool | None = None  # None: blur when the images are 64 px or larger (as SimCLR on CIFAR)
 
@@ -62,12 +62,13 @@ class MoCoConfig(MethodConfig):
 def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, bn: bool = False) -> nn.Sequential:
     """MoCo v2's head: fc - ReLU - fc, no BN (Chen et al. 2020b, sec. 2). [B, in_dim] -> [B, out_dim].
 
-    ``bn``: fc - BN - ReLU - fc instead, the hidden-layer BN of MoCo v3's heads (Chen, Xie, He 2021,
-    arXiv:2104.02057) and of SimCLR's. A randomly initialised encoder maps all images to nearly
-    the same direction; BN spreads the projections from the first step, so short runs learn faster.
+    ``bn``: fc - BN - ReLU - fc - BN instead, MoCo v3's projector (Chen, Xie, He 2021,
+    arXiv:2104.02057; the output BN without affine parameters) and SimCLR's released head. A randomly
+    initialised encoder maps all images to nearly the same direction; BN spreads the projections
+    from the first step, so short runs learn faster.
     """
     if bn:
-        return ProjectionHead(in_dim, hidden_dim, out_dim)
+        return ProjectionHead(in_dim, hidden_dim, out_dim, last_bn=True)
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
 

@@ -35,6 +35,7 @@ class SimCLRConfig(MethodConfig):
     crop_scale: tuple[float, float] = (0.08, 1.0)
     color_strength: float = 0.5  # s in the paper: jitter 0.8 s, hue 0.2 s (1.0 on ImageNet, 0.5 on CIFAR)
     blur: bool | None = None  # None: blur when the images are 64 px or larger (the paper skips it on CIFAR)
+    proj_last_bn: bool = True  # BN on the head's output, as SimCLR's released code (see heads.ProjectionHead)
 
 
 @register_method("simclr")
@@ -45,7 +46,7 @@ class SimCLR(Method):
 
     def __init__(self, cfg: SimCLRConfig, backbone, image_size: int, num_classes: int = 0):
         super().__init__(cfg, backbone, image_size, num_classes)
-        self.head = ProjectionHead(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.head = ProjectionHead(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim, last_bn=cfg.proj_last_bn)
 
     @property
     def views(self) -> list[tuple[AugmentSpec, int]]:
