@@ -189,20 +189,31 @@ def two_and_one(tmp_path_factory):
     try:
         for case, method, extra, _ in CASES:
             single[case] = run_case(method, extra, out_dir / f"single-{case}", rank=0, world=1)
+    except BaseException:
+        join_ranks(procs, out_dir, timeout=0)
+        raise
+    ranks = join_ranks(procs, out_dir)
+    return ranks[0], ranks[1], single, out_dir
+
+
+def join_ranks(procs: list, out_dir: Path, timeout: float = 240) -> list[dict]:
+    """Wait for the rank processes (killing any still alive after ``timeout`` s) and load what each
+    wrote to ``out_dir/rank{r}.pt``; a rank that died or reported an error fails the test."""
+    try:
         for p in procs:
-            p.join(timeout=240)
+            p.join(timeout=timeout)
     finally:
         for p in procs:
             if p.is_alive():
                 p.kill()
                 p.join()
-    ranks = []
-    for r in range(WORLD):
+    results = []
+    for r, p in enumerate(procs):
         path = out_dir / f"rank{r}.pt"
-        assert path.exists(), f"rank {r} died (exit code {procs[r].exitcode})"
-        ranks.append(torch.load(path, weights_only=False))
-        assert "error" not in ranks[-1], f"rank {r} failed:\n{ranks[-1]['error']}"
-    return ranks[0], ranks[1], single, out_dir
+        assert path.exists(), f"rank {r} died (exit code {p.exitcode})"
+        results.append(torch.load(path, weights_only=False))
+        assert "error" not in results[-1], f"rank {r} failed:\n{results[-1]['error']}"
+    return results
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

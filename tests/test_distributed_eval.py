@@ -21,7 +21,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from test_distributed import TRAIN, WORLD, _free_port
+from test_distributed import TRAIN, WORLD, _free_port, join_ranks
 from test_evaluation import MEAN, STD, tiny_net
 
 ROWS = 9  # odd: shards of 5 and 4 rows
@@ -175,21 +175,7 @@ def ranks(tmp_path_factory):
     procs = [ctx.Process(target=_worker, args=(r, port, str(out_dir))) for r in range(WORLD)]
     for p in procs:
         p.start()
-    try:
-        for p in procs:
-            p.join(timeout=240)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    results = []
-    for r in range(WORLD):
-        path = out_dir / f"rank{r}.pt"
-        assert path.exists(), f"rank {r} died (exit code {procs[r].exitcode})"
-        results.append(torch.load(path, weights_only=False))
-        assert "error" not in results[-1], f"rank {r} failed:\n{results[-1]['error']}"
-    return results, out_dir
+    return join_ranks(procs, out_dir), out_dir
 
 
 # ----------------------------------------------------------------------------- the checks
