@@ -71,6 +71,8 @@ class TrainerConfig:
     warmup_epochs: float = 10.0
     weight_decay: float = 1e-6  # never applied to biases and normalisation parameters
     momentum: float = 0.9  # SGD / LARS momentum; AdamW's beta1
+    lars_trust_coefficient: float = 0.001  # LARS eta (You et al. 2017); the CIFAR recipes of BYOL / VICReg use 0.02
+    lars_trust_clip: bool = False  # LARS: clip the layer-wise rate at the global rate (LARC)
     grad_clip: float | None = None  # max global gradient norm
     grad_accum: int = 1
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
@@ -376,6 +378,8 @@ def validate_config(cfg: Config) -> Config:
     if cfg.data.streaming == "always" and cfg.data.name != "imagefolder":
         raise _fail("data.streaming", "always", f"auto or never for data.name={cfg.data.name} "
                     "(only imagefolder data streams)")
+    if t.lars_trust_coefficient <= 0:
+        raise _fail("trainer.lars_trust_coefficient", t.lars_trust_coefficient, "> 0 (LARS's eta, e.g. 0.001 or 0.02)")
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise _fail("trainer.grad_clip", t.grad_clip, "> 0 (or null for no clipping)")
     if e.knn_temperature <= 0:

@@ -26,10 +26,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def create_optimizer(model: nn.Module, cfg: TrainerConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD (momentum), AdamW or LARS (timm.optim.Lars; You et al. 2017) over :func:`param_groups`."""
+    """SGD (momentum), AdamW or LARS (timm.optim.Lars; You et al. 2017) over :func:`param_groups`.
+
+    LARS scales each decayed weight tensor's step by ``eta * ||w|| / (||g|| + wd * ||w||)``
+    (``eta`` = ``trainer.lars_trust_coefficient``), i.e. the step is ``lr * ratio * (g + wd * w)``;
+    with ``trainer.lars_trust_clip`` (LARC's clipping) it is ``min(lr, ratio) * (g + wd * w)``.
+    LARS learning rates are only comparable between runs with the same eta.
+    """
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
-    return Lars(groups, lr=lr, momentum=cfg.momentum)
+    return Lars(groups, lr=lr, momentum=cfg.momentum, trust_coeff=cfg.lars_trust_coefficient,
+                trust_clip=cfg.lars_trust_clip)

@@ -84,6 +84,33 @@ def test_weight_decay_skips_biases_and_norms():
     assert all(p.ndim == 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0
 
 
+@pytest.mark.parametrize("clip", [False, True])
+def test_lars_step_follows_the_trust_ratio_with_the_configured_eta(clip):
+    """One LARS step from rest: w - lr * r * (g + wd w), r = eta ||w|| / (||g|| + wd ||w||) (You et
+    al. 2017); LARC's clip makes it w - min(lr, r) * (g + wd w). Biases (no decay) get plain SGD."""
+    from selfsup.optim import create_optimizer
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 3)
+    w0, b0 = layer.weight.detach().clone(), layer.bias.detach().clone()
+    layer(torch.randn(7, 5)).pow(2).sum().backward()
+    g, gb = layer.weight.grad.clone(), layer.bias.grad.clone()
+    cfg = load_config("simclr-digits", ["trainer.optimizer=lars", "trainer.weight_decay=0.01",
+                                         "trainer.lars_trust_coefficient=0.02",
+                                         f"trainer.lars_trust_clip={str(clip).lower()}"]).trainer
+    lr = 0.5
+    create_optimizer(layer, cfg, lr).step()
+    ratio = 0.02 * w0.norm() / (g.norm() + 0.01 * w0.norm())
+    rate = torch.minimum(ratio, torch.tensor(lr)) if clip else lr * ratio
+    torch.testing.assert_close(layer.weight.detach(), w0 - rate * (g + 0.01 * w0))
+    torch.testing.assert_close(layer.bias.detach(), b0 - lr * gb)
+
+
+def test_lars_trust_coefficient_must_be_positive():
+    with pytest.raises(ConfigError, match="lars_trust_coefficient"):
+        load_config("simclr-digits", ["trainer.lars_trust_coefficient=0"])
+
+
 def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
     import signal
     import subprocess
