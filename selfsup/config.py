@@ -71,7 +71,7 @@ class TrainerConfig:
     warmup_epochs: float = 10.0
     weight_decay: float = 1e-6  # never applied to biases and normalisation parameters
     momentum: float = 0.9  # SGD / LARS momentum; AdamW's beta1
-    lars_trust_coefficient: float = 0.001  # LARS eta (You et al. 2017); the CIFAR recipes of BYOL / VICReg use 0.02
+    lars_trust_coefficient: float = 0.001  # LARS eta (You et al. 2017); vicreg-cifar10 uses 0.02, the usual CIFAR-10 setting
     lars_trust_clip: bool = False  # LARS: clip the layer-wise rate at the global rate (LARC)
     grad_clip: float | None = None  # max global gradient norm
     grad_accum: int = 1
