@@ -402,7 +402,7 @@ def _validate_method(method: MethodConfig) -> None:
             raise _fail(key, value, ">= 1")
         if (name.endswith(("_dim", "_layers")) or name.startswith("num_")) and value < 0:
             raise _fail(key, value, ">= 0")
-        if name.endswith(("temp", "temperature")) and value <= 0:
+        if name.endswith(("temp", "temperature", "_lr_scale")) and value <= 0:
             raise _fail(key, value, "> 0")
         if (name.endswith("_p") or "momentum" in name) and not 0 <= value <= 1:
             raise _fail(key, value, "in [0, 1]")

@@ -1,31 +1,62 @@
-"""Optimizer construction: parameter groups without weight decay on biases and norms."""
+"""Optimizer construction: parameter groups without weight decay on biases and norms, and with
+per-submodule learning-rate rules."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from timm.optim import Lars
 from torch import nn
 
 from selfsup.config import TrainerConfig
+from selfsup.errors import ConfigError
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights (decayed) and biases / normalisation parameters (ndim <= 1, not decayed).
+@dataclass(frozen=True)
+class LrRule:
+    """How one submodule's learning rate follows the schedule.
 
-    Each group carries ``wd_scale`` (1 or 0) so the trainer can schedule weight decay.
-    With LARS, a group whose weight decay is 0 is also excluded from the trust-ratio
-    adaptation (timm's Lars adapts only when weight_decay != 0), as SimCLR prescribes.
+    ``scale`` multiplies the lr (e.g. a faster predictor: Tian et al. 2021, "Understanding
+    self-supervised learning dynamics without contrastive pairs", arXiv:2102.06810, study the
+    predictor's relative learning rate); ``fixed`` holds it at the peak lr with no warm-up or
+    decay (SimSiam's predictor: Chen & He 2021, arXiv:2011.10566, sec. 4.2, table 1c).
     """
-    decay, no_decay = [], []
+
+    scale: float = 1.0
+    fixed: bool = False
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr_rules: dict[str, LrRule] | None = None) -> list[dict]:
+    """Weights (decayed) and biases / normalisation parameters (ndim <= 1, not decayed), split
+    further by ``lr_rules`` (submodule dotted name -> :class:`LrRule`).
+
+    The first two groups are the parameters without a rule, weights then the rest (present
+    even when empty, so checkpoints of runs without rules keep their layout). Each group carries
+    ``wd_scale`` (1 or 0) so the trainer can schedule weight decay, and ``lr_scale`` /
+    ``lr_fixed`` for its learning rate. With LARS, a group whose weight decay is 0 is also
+    excluded from the trust-ratio adaptation (timm's Lars adapts only when weight_decay != 0),
+    as SimCLR prescribes.
+    """
+    rule_of: dict[int, LrRule] = {}
+    for name, rule in (lr_rules or {}).items():
+        if rule.scale <= 0:
+            raise ConfigError(f"learning-rate scale {rule.scale} for {name!r} must be > 0")
+        for p in model.get_submodule(name).parameters():
+            rule_of[id(p)] = rule
+    buckets: dict[tuple[LrRule, bool], list[nn.Parameter]] = {(LrRule(), True): [], (LrRule(), False): []}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            buckets.setdefault((rule_of.get(id(p), LrRule()), p.ndim > 1), []).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay, "wd_scale": 1.0},
-        {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0},
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0, "wd_scale": 1.0 if decayed else 0.0,
+         "lr_scale": rule.scale, "lr_fixed": rule.fixed}
+        for (rule, decayed), params in buckets.items()
+        if params or rule == LrRule()
     ]
 
 
-def create_optimizer(model: nn.Module, cfg: TrainerConfig, lr: float) -> torch.optim.Optimizer:
+def create_optimizer(model: nn.Module, cfg: TrainerConfig, lr: float,
+                     lr_rules: dict[str, LrRule] | None = None) -> torch.optim.Optimizer:
     """SGD (momentum), AdamW or LARS (timm.optim.Lars; You et al. 2017) over :func:`param_groups`.
 
     LARS scales each decayed weight tensor's step by ``eta * ||w|| / (||g|| + wd * ||w||)``
@@ -33,7 +64,7 @@ def create_optimizer(model: nn.Module, cfg: TrainerConfig, lr: float) -> torch.o
     with ``trainer.lars_trust_clip`` (LARC's clipping) it is ``min(lr, ratio) * (g + wd * w)``.
     LARS learning rates are only comparable between runs with the same eta.
     """
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, lr_rules)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     if cfg.optimizer == "adamw":

@@ -87,7 +87,7 @@ class Trainer:
         self.sync_bn = method.sync_bn_default if self.tc.sync_bn is None else self.tc.sync_bn
         if self.sync_bn and accelerator.num_processes > 1:  # BN over the global batch (shares the parameters)
             method = convert_sync_batchnorm(method, exclude=method.local_bn_modules, cuda=accelerator.device.type == "cuda")
-        self.optimizer = create_optimizer(method, self.tc, lr=float(self.schedules["lr"][0]))
+        self.optimizer = create_optimizer(method, self.tc, lr=float(self.schedules["lr"][0]), lr_rules=method.lr_rules)
         self.model, self.optimizer = accelerator.prepare(method, self.optimizer)
         self.method: Method = accelerator.unwrap_model(self.model)
         if self.tc.compile:  # compile the training step; self.method (checkpoints, export, encoder) stays eager
@@ -104,7 +104,7 @@ class Trainer:
 
     def _build_schedules(self, method: Method) -> dict[str, np.ndarray]:
         tc, spe = self.tc, self.sampler.steps_per_epoch
-        peak = scaled_lr(tc.lr, tc.batch_size, tc.lr_scaling)
+        peak = self.peak_lr = scaled_lr(tc.lr, tc.batch_size, tc.lr_scaling)
         warmup = int(round(tc.warmup_epochs * spe))
         schedules = {
             "lr": warmup_cosine(peak, peak * tc.min_lr, self.total_steps, warmup),
@@ -235,8 +235,8 @@ class Trainer:
         (empty when ``trainer.nonfinite=skip`` dropped the step)."""
         acc, tc = self.acc, self.tc
         values = self.values(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = values["lr"]
+        for group in self.optimizer.param_groups:  # LrRule: a submodule's lr is scaled and/or held at the peak
+            group["lr"] = (self.peak_lr if group.get("lr_fixed") else values["lr"]) * group.get("lr_scale", 1.0)
             group["weight_decay"] = values["weight_decay"] * group["wd_scale"]
         self.guard.begin_step()
         outputs: dict[str, torch.Tensor] = {}

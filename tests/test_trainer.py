@@ -84,6 +84,59 @@ def test_weight_decay_skips_biases_and_norms():
     assert all(p.ndim == 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0
 
 
+def test_lr_rules_put_a_submodule_in_its_own_groups():
+    from selfsup.optim import LrRule, param_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    groups = param_groups(model, 0.1, {"2": LrRule(scale=10.0)})
+    assert [(g["lr_scale"], g["weight_decay"], len(g["params"])) for g in groups] == [
+        (1.0, 0.1, 1), (1.0, 0.0, 3), (10.0, 0.1, 1), (10.0, 0.0, 1)]
+    assert groups[2]["params"][0] is model[2].weight and groups[3]["params"][0] is model[2].bias
+    with pytest.raises(ConfigError, match="must be > 0"):
+        param_groups(model, 0.1, {"2": LrRule(scale=0.0)})
+
+
+def _one_step_params(run_dir, config_name, *extra):
+    cfg = load_config(config_name, [*TINY, "trainer.max_steps=1", "trainer.checkpoint_every=100",
+                                    f"run.dir={run_dir}", "method.pred_hidden_dim=32", *extra])
+    train(cfg)
+    return load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])["model"], cfg
+
+
+def test_byol_predictor_lr_scale_multiplies_only_the_predictors_step(tmp_path):
+    """One step from the same init and views: the predictor moves 4x as far, the rest exactly as far."""
+    from selfsup.train import build_method, load_split
+
+    plain, cfg = _one_step_params(tmp_path / "x1", "byol-digits", "trainer.warmup_epochs=0")
+    fast, _ = _one_step_params(tmp_path / "x4", "byol-digits", "trainer.warmup_epochs=0", "method.predictor_lr_scale=4")
+    start = build_method(cfg, load_split(cfg, "train")).state_dict()
+    for key, w0 in start.items():
+        if not w0.is_floating_point() or key.startswith("target_") or "running_" in key:
+            continue
+        if key.startswith("predictor."):
+            assert (plain[key] - w0).abs().max() > 0, key
+            torch.testing.assert_close(fast[key] - w0, 4 * (plain[key] - w0), rtol=1e-4, atol=1e-6)
+        else:
+            torch.testing.assert_close(fast[key], plain[key], rtol=0, atol=0)
+
+
+def test_simsiam_fixed_predictor_lr_steps_during_warmup(tmp_path):
+    """Step 1 of a warm-up has lr 0: only a predictor held at the peak lr moves."""
+    from selfsup.train import build_method, load_split
+
+    moved, cfg = _one_step_params(tmp_path, "simsiam-digits", "method.predictor_fixed_lr=true")
+    assert read_metrics(tmp_path)[0]["lr"] == 0.0
+    start = build_method(cfg, load_split(cfg, "train")).state_dict()
+    for key, w0 in start.items():
+        if w0.is_floating_point() and "running_" not in key:
+            assert torch.equal(moved[key], w0) != key.startswith("predictor."), key
+
+
+def test_lr_scale_must_be_positive():
+    with pytest.raises(ConfigError, match="predictor_lr_scale"):
+        load_config("byol-digits", ["method.predictor_lr_scale=0"])
+
+
 @pytest.mark.parametrize("clip", [False, True])
 def test_lars_step_follows_the_trust_ratio_with_the_configured_eta(clip):
     """One LARS step from rest: w - lr * r * (g + wd w), r = eta ||w|| / (||g|| + wd ||w||) (You et

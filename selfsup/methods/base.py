@@ -17,6 +17,7 @@ from torch import nn
 
 from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
+from selfsup.optim import LrRule
 
 
 class Method(nn.Module):
@@ -59,6 +60,12 @@ class Method(nn.Module):
         """Dotted names of submodules whose BN keeps per-process statistics even with ``sync_bn``
         (e.g. MoCo's shuffle-BN key encoder). Default: none."""
         return ()
+
+    @property
+    def lr_rules(self) -> dict[str, LrRule]:
+        """Learning-rate rules for submodules (dotted name -> :class:`~selfsup.optim.LrRule`),
+        e.g. a faster or unscheduled predictor. Default: every parameter follows the schedule."""
+        return {}
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         """Per-step values beyond lr / weight decay (EMA momentum, teacher temperature, ...)."""

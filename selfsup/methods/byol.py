@@ -22,6 +22,7 @@ from selfsup.heads import ProjectionHead
 from selfsup.losses.noncontrastive import byol_loss
 from selfsup.methods.base import Method
 from selfsup.methods.registry import register_method
+from selfsup.optim import LrRule
 
 
 def byol_views(
@@ -51,6 +52,8 @@ class BYOLConfig(MethodConfig):
     momentum_final: float = 1.0
     crop_scale: tuple[float, float] = (0.08, 1.0)
     blur: bool | None = None  # None: blur when the images are 64 px or larger
+    # Multiplies the predictor's lr (the predictor's relative lr: Tian et al. 2021, arXiv:2102.06810).
+    predictor_lr_scale: float = 1.0
 
 
 @register_method("byol")
@@ -67,6 +70,10 @@ class BYOL(Method):
         self.predictor = ProjectionHead(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)
+
+    @property
+    def lr_rules(self) -> dict[str, LrRule]:
+        return {"predictor": LrRule(scale=self.cfg.predictor_lr_scale)} if self.cfg.predictor_lr_scale != 1.0 else {}
 
     @property
     def views(self) -> list[tuple[AugmentSpec, int]]:
