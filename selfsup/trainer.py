@@ -235,7 +235,8 @@ class Trainer:
         (empty when ``trainer.nonfinite=skip`` dropped the step)."""
         acc, tc = self.acc, self.tc
         values = self.values(step)
-        for group in self.optimizer.param_groups:  # LrRule: a submodule's lr is scaled and/or held at the peak
+        # LrRule: a group's lr is scaled and/or held at the peak (.get: checkpoints written before the rules)
+        for group in self.optimizer.param_groups:
             group["lr"] = (self.peak_lr if group.get("lr_fixed") else values["lr"]) * group.get("lr_scale", 1.0)
             group["weight_decay"] = values["weight_decay"] * group["wd_scale"]
         self.guard.begin_step()
