@@ -25,6 +25,10 @@ class LrRule:
     scale: float = 1.0
     fixed: bool = False
 
+    def __post_init__(self) -> None:
+        if self.scale <= 0:
+            raise ConfigError(f"learning-rate scale {self.scale} must be > 0")
+
 
 def param_groups(model: nn.Module, weight_decay: float, lr_rules: dict[str, LrRule] | None = None) -> list[dict]:
     """Weights (decayed) and biases / normalisation parameters (ndim <= 1, not decayed), split
@@ -39,8 +43,6 @@ def param_groups(model: nn.Module, weight_decay: float, lr_rules: dict[str, LrRu
     """
     rule_of: dict[int, LrRule] = {}
     for name, rule in (lr_rules or {}).items():
-        if rule.scale <= 0:
-            raise ConfigError(f"learning-rate scale {rule.scale} for {name!r} must be > 0")
         for p in model.get_submodule(name).parameters():
             rule_of[id(p)] = rule
     buckets: dict[tuple[LrRule, bool], list[nn.Parameter]] = {(LrRule(), True): [], (LrRule(), False): []}
