@@ -9,7 +9,7 @@ ImageFolder split:
   ``SimCLRProjectionHead``, ``NTXentLoss``; torchvision's ``resnet18`` (``fc`` removed); a
   ``torch.utils.data.DataLoader`` over ``torchvision.datasets.ImageFolder`` (PIL decode and
   per-image augmentation in ``--workers`` worker processes, default: one per core).
-* selfsup: the :class:`selfsup.trainer.Trainer` built from the recipe (timm's ``resnet18``,
+* selfsup: the :class:`selfsup.engine.trainer.Trainer` built from the recipe (timm's ``resnet18``,
   the same architecture as torchvision's), data decoded once into one uint8 tensor, views made
   batched on the device; ``optimize(step, make_batches(step))`` per step.
 
@@ -63,15 +63,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_ours(args: argparse.Namespace):
     """The selfsup Trainer for the recipe on ``args.train`` (its val split is not loaded)."""
     from selfsup.config import load_config
-    from selfsup.train import build_method, load_split, make_accelerator
-    from selfsup.trainer import Trainer
+    from selfsup.data import open_split
+    from selfsup.engine.build import build_method, make_accelerator
+    from selfsup.engine.trainer import Trainer
 
     overrides = [f"data.name=imagefolder", f"data.train={args.train}", f"backbone.name=resnet18",
                  f"backbone.small_stem={str(args.small_stem).lower()}", f"trainer.batch_size={args.batch_size}",
                  *args.overrides]
     cfg = load_config(args.recipe, overrides)
     acc = make_accelerator(cfg)
-    data = load_split(cfg, "train")
+    data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
     run_dir = tempfile.mkdtemp(prefix="bench-lightly-")
     trainer = Trainer(cfg, build_method(cfg, data), data, run_dir, acc)
     trainer.model.train()
@@ -94,7 +95,7 @@ class LightlySimCLR(nn.Module):
         from lightly.models.modules import SimCLRProjectionHead
 
         if selfsup_backbone:
-            from selfsup.backbones import create_backbone
+            from selfsup.models.backbones import create_backbone
             backbone = create_backbone("resnet18", small_stem=small_stem)
         else:
             backbone = torchvision.models.resnet18()

@@ -22,8 +22,9 @@ import psutil
 import torch
 
 from selfsup.config import load_config
-from selfsup.train import build_method, load_split, make_accelerator
-from selfsup.trainer import Trainer
+from selfsup.data import open_split
+from selfsup.engine.build import build_method, make_accelerator
+from selfsup.engine.trainer import Trainer
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -53,7 +54,7 @@ def main() -> None:
         for mode, extra in (("memory", ["data.streaming=never"]),
                             ("streaming", ["data.streaming=always", f"data.workers={args.workers}"])):
             cfg = load_config(args.recipe, [*args.overrides, *extra, f"run.dir={tmp}/{mode}"])
-            data = load_split(cfg, "train")
+            data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
             trainer = Trainer(cfg, build_method(cfg, data), data, f"{tmp}/{mode}", make_accelerator(cfg))
             trainer.model.train()
             trainers[mode] = trainer

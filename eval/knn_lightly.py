@@ -3,8 +3,8 @@
 Trains the model of ``eval/bench_lightly.py`` (LightlySSL's ``SimCLRTransform`` through a
 torch DataLoader of PIL images, ``SimCLRProjectionHead``, ``NTXentLoss``, torchvision resnet18)
 for ``--epochs`` with the recipe's schedule: SGD (momentum), peak lr = lr x batch / 256, linear
-warm-up then cosine (``selfsup.schedules.warmup_cosine``), weight decay on weights only (our
-``selfsup.optim.param_groups``). The backbone is then evaluated exactly as ``selfsup eval``
+warm-up then cosine (``selfsup.core.schedules.warmup_cosine``), weight decay on weights only (our
+``selfsup.engine.optim.param_groups``). The backbone is then evaluated exactly as ``selfsup eval``
 evaluates ours (frozen features, weighted kNN, k = 20 and 200). Compare with
 
     selfsup train recipes/simclr-cifar10.yaml data.name=imagefolder data.train=... data.val=... \\
@@ -34,9 +34,9 @@ class selfsup_view_batches:
     in a fresh seeded permutation each epoch (last partial batch dropped, as the DataLoader)."""
 
     def __init__(self, cfg, data, batch_size: int, trainer_seeding: bool = False):
-        from selfsup.augment import ViewMaker
-        from selfsup.train import build_method
-        from selfsup.trainer import EpochSampler
+        from selfsup.data.augment import ViewMaker
+        from selfsup.engine.build import build_method
+        from selfsup.engine.trainer import EpochSampler
 
         self.views = ViewMaker(build_method(cfg, data).views, data.mean, data.std)
         self.data, self.batch_size, self.seed = data, batch_size, cfg.trainer.seed
@@ -48,7 +48,7 @@ class selfsup_view_batches:
         return len(self.data) // self.batch_size
 
     def __iter__(self):
-        from selfsup.trainer import view_seed
+        from selfsup.engine.trainer import view_seed
 
         order = torch.randperm(len(self.data), generator=self.generator)
         for i in range(len(self)):
@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from selfsup.config import load_config
+    from selfsup.core.schedules import scaled_lr, warmup_cosine
+    from selfsup.data import open_split
+    from selfsup.engine.optim import param_groups
     from selfsup.evaluation.protocols import evaluate
-    from selfsup.optim import param_groups
-    from selfsup.schedules import scaled_lr, warmup_cosine
-    from selfsup.train import load_split
 
     cfg = load_config(args.recipe, [f"data.name=imagefolder", f"data.train={args.train}", f"data.val={args.val}",
                                     "backbone.name=resnet18", f"backbone.small_stem={str(args.small_stem).lower()}",
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is None:
         import os
         args.workers = len(os.sched_getaffinity(0))
-    train_data = load_split(cfg, "train")
+    train_data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
     model, criterion, _, loader = build_lightly(args, cfg, train_data.mean, train_data.std)
     t = cfg.trainer
     steps_per_epoch = len(loader)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"step {step}/{total} loss {torch.stack(losses[-20:]).mean():.4f} "
                       f"{step * args.batch_size / (time.perf_counter() - start):.0f} images/s", flush=True)
     seconds = time.perf_counter() - start
-    results = evaluate(model.backbone, train_data, load_split(cfg, "val"), cfg.eval, protocols=["knn"])
+    results = evaluate(model.backbone, train_data, open_split(cfg.data, "val", seed=cfg.trainer.seed), cfg.eval, protocols=["knn"])
     print(json.dumps({"joint_forward": args.joint_forward, "selfsup_backbone": args.selfsup_backbone,
                       "selfsup_views": args.selfsup_views, "trainer_seeding": args.trainer_seeding, "seed": t.seed, "epochs": t.epochs, "steps": total, "train_seconds": seconds,
                       "images_per_s": total * args.batch_size / seconds, **results}))

@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from selfsup.errors import SelfsupError
+from selfsup.core.errors import SelfsupError
 
 EPILOG = """examples:
   selfsup train                                   # the default recipe: SimCLR on digits
@@ -112,14 +112,14 @@ def _config(args):
 
 
 def _train(args) -> int:
-    from selfsup.train import train
+    from selfsup.runs.train import train
 
     train(_config(args))
     return 0
 
 
 def _bench(args) -> int:
-    from selfsup.bench import bench
+    from selfsup.benchmarks.throughput import bench
 
     result = bench(_config(args), steps=args.steps, warmup=args.warmup, rounds=args.rounds)
     print(json.dumps(result))
@@ -127,40 +127,14 @@ def _bench(args) -> int:
 
 
 def _eval(args) -> int:
-    from selfsup.evaluation.protocols import evaluate
-    from selfsup.runs import open_encoder
-    from selfsup.train import load_split
+    from selfsup.runs.evaluate import evaluate_run
 
-    encoder, cfg, out_dir = open_encoder(args.path, args.overrides)
-    protocols = {"frozen": ["knn", "linear"], "all": ["knn", "linear", "finetune"]}.get(args.protocol, [args.protocol])
-    if "finetune" in protocols:  # bad eval.finetune.* values fail before any data is decoded
-        from selfsup.evaluation.finetune import validate_finetune
-
-        validate_finetune(cfg.eval.finetune)
-    plots_dir = Path(out_dir) / "plots" if cfg.run.plots else None  # t-SNE, linear-probe confusion matrix
-    results = evaluate(encoder, load_split(cfg, "train"), load_split(cfg, "val"), cfg.eval, protocols=protocols,
-                       cache_dir=_features_cache(out_dir, cfg), plots_dir=plots_dir)
-    path = Path(out_dir) / "eval.json"
-    merged = json.loads(path.read_text()) if path.is_file() else {}
-    merged.update(results)
-    path.write_text(json.dumps(merged, indent=2) + "\n")
-    print(json.dumps(results))
+    print(json.dumps(evaluate_run(args.path, args.protocol, args.overrides)))
     return 0
 
 
-def _features_cache(out_dir, cfg) -> Path:
-    """Where ``selfsup eval`` keeps frozen features: ``<run>/features`` for a run directory, else
-    ``<data.cache_dir>/features`` (an export directory holds only the export)."""
-    from selfsup.data import default_cache_dir
-    from selfsup.runs import is_run_dir
-
-    if is_run_dir(Path(out_dir)):
-        return Path(out_dir) / "features"
-    return (Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()) / "features"
-
-
 def _benchmark(args) -> int:
-    from selfsup.benchmark import load_suite, run_suite
+    from selfsup.benchmarks.suites import load_suite, run_suite
 
     suite = load_suite(args.suite, seeds=args.seeds, runs_root=args.runs_root, out=args.out, overrides=args.overrides)
     report = run_suite(suite)
@@ -169,8 +143,8 @@ def _benchmark(args) -> int:
 
 
 def _export(args) -> int:
-    from selfsup.export import export_as
-    from selfsup.runs import open_encoder
+    from selfsup.runs.export import export_as
+    from selfsup.runs.open_run import open_encoder
 
     encoder, cfg, _ = open_encoder(args.run)
     out = export_as(encoder, args.out, args.format, method=cfg.method.name, recipe=cfg)
@@ -190,7 +164,7 @@ def _list(args) -> int:
     from selfsup.config import RECIPES_DIR
     from selfsup.data import DATASETS
     from selfsup.methods import METHODS
-    from selfsup.sequence import SEQUENCE_BACKBONES
+    from selfsup.models.sequence_backbones import SEQUENCE_BACKBONES
 
     print("methods:")
     for name in METHODS.names():
@@ -210,7 +184,7 @@ def _list(args) -> int:
 
 
 def _plot(args) -> int:
-    from selfsup.plots import plot_run
+    from selfsup.runs.curves import plot_run
 
     for path in plot_run(args.run):
         print(path)

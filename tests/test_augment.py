@@ -1,4 +1,4 @@
-"""Tests for selfsup.augment: each op against torchvision on single images with fixed
+"""Tests for selfsup.data.augment: each op against torchvision on single images with fixed
 parameters, random parameters within their ranges, reproducibility, and ViewMaker shapes."""
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from selfsup import augment as A
-from selfsup.errors import ConfigError
+from selfsup.core.errors import ConfigError
+from selfsup.data import augment as A
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

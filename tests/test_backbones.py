@@ -1,4 +1,4 @@
-"""Tests for selfsup.backbones: timm contract, small stem, errors."""
+"""Tests for selfsup.models.backbones: timm contract, small stem, errors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from selfsup.backbones import create_backbone, list_backbones
-from selfsup.errors import ConfigError
+from selfsup.core.errors import ConfigError
+from selfsup.models.backbones import create_backbone, list_backbones
 
 
 def _stem_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from selfsup.core.errors import DataError
 from selfsup.data import load_dataset
-from selfsup.errors import DataError
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (10, 12, 3), dtype=np.uint8)  # [H, W, 3]

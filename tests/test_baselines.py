@@ -1,6 +1,6 @@
 """Downstream baselines: supervised method, multiclass hinge, sequence backbones, sequence data.
 
-Every baseline trains end to end (``selfsup.train.train``) on a separable synthetic set for a few
+Every baseline trains end to end (``selfsup.runs.train.train``) on a separable synthetic set for a few
 CPU steps: finite, decreasing loss and a high ``classifier`` top-1 in eval.json.
 """
 from __future__ import annotations
@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.augment import ViewMaker
-from selfsup.backbones import create_backbone
 from selfsup.config import resolve_config
+from selfsup.core.errors import ConfigError, DataError
 from selfsup.data import load_dataset
-from selfsup.errors import ConfigError, DataError
-from selfsup.export import export_encoder, load_encoder
+from selfsup.data.augment import ViewMaker
 from selfsup.losses import multiclass_hinge
-from selfsup.train import train
+from selfsup.models.backbones import create_backbone
+from selfsup.runs.export import export_encoder, load_encoder
+from selfsup.runs.train import train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -180,7 +180,7 @@ def test_sequence_dataset_layout_stats_and_errors(tmp_path):
 
 
 def test_float_data_pass_through_the_view_maker_unaugmented():
-    from selfsup.augment import AugmentSpec
+    from selfsup.data.augment import AugmentSpec
 
     x = torch.randn(4, 3, 9, 1)
     x[0, :, 5:] = float("nan")
@@ -235,7 +235,7 @@ BASELINES = {
 
 
 def run_baseline(tmp_path, backbone: str, model_args: dict, extra: dict, data: dict) -> tuple[list[float], dict]:
-    """Train ``backbone`` with the supervised method through ``selfsup.train``; (logged losses, eval.json)."""
+    """Train ``backbone`` with the supervised method through ``selfsup.runs.train``; (logged losses, eval.json)."""
     raw = {"method": {"name": "supervised", "crop_scale": [0.8, 1.0]},
            "backbone": {"name": backbone, "model_args": model_args}, "data": data,
            "trainer": {"epochs": 8, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3, "lr_scaling": "none",

@@ -1,4 +1,4 @@
-"""Benchmark runner (selfsup.benchmark): end to end on digits with tiny settings, reuse of run
+"""Benchmark runner (selfsup.benchmarks.suites): end to end on digits with tiny settings, reuse of run
 directories and results, the mean +- std table, and the protocol / suite files in eval/."""
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfsup.benchmark import load_protocol, load_suite, reusable, run_suite, train_args
+from selfsup.benchmarks.suites import (
+    load_protocol,
+    load_suite,
+    reusable,
+    run_suite,
+    train_args,
+)
 from selfsup.cli import main
 from selfsup.config import load_config
-from selfsup.errors import ConfigError
+from selfsup.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["backbone.name=resnet10t", "trainer.max_steps=2", "trainer.batch_size=64", "trainer.log_every=1",

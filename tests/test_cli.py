@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from selfsup import load_encoder
-from selfsup.runs import open_encoder
+from selfsup.runs.open_run import open_encoder
 
 ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from selfsup.config import load_config
-from selfsup.errors import ConfigError
+from selfsup.core.errors import ConfigError
 
 
 def test_default_recipe_types_and_overrides():

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 import selfsup.data.imagefolder as imagefolder
+from selfsup.core.errors import DataError
 from selfsup.data import DATASETS, ImageDataset, channel_stats, load_dataset
-from selfsup.errors import DataError
 
 CIFAR_ZIP = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.zip"
 

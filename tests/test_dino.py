@@ -6,12 +6,12 @@ import threading
 import pytest
 import torch
 
-from selfsup.augment import ViewMaker
-from selfsup.backbones import create_backbone
-from selfsup.errors import ConfigError
+from selfsup.core.errors import ConfigError
+from selfsup.data.augment import ViewMaker
 from selfsup.losses.dino import dino_loss, teacher_entropy
 from selfsup.methods import create_method
 from selfsup.methods import dino as dino_module
+from selfsup.models.backbones import create_backbone
 
 SIZE, BATCH, LOCAL = 16, 4, 3
 

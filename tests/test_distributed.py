@@ -62,13 +62,14 @@ def case_config(method: str, extra: list[str], run_dir: Path):
 
 def run_case(method: str, extra: list[str], run_dir: Path, rank: int, world: int) -> dict:
     """``STEPS`` trainer steps of one case; this process's share of fixed global batches."""
-    from selfsup.train import build_method, load_split, make_accelerator
-    from selfsup.trainer import Trainer
+    from selfsup.data import open_split
+    from selfsup.engine.build import build_method, make_accelerator
+    from selfsup.engine.trainer import Trainer
 
     cfg = case_config(method, extra, run_dir)
     acc = make_accelerator(cfg)
     assert (acc.num_processes, acc.process_index) == (world, rank)
-    data = load_split(cfg, "train")
+    data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # float64 throughout: what is left of a difference is a real one
     try:
@@ -142,7 +143,11 @@ def _syncbn(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor, steps: in
 
 
 def _collectives(rank: int) -> dict:
-    from selfsup.distributed import SyncBatchNorm, broadcast_path, mean_over_processes
+    from selfsup.core.distributed import (
+        SyncBatchNorm,
+        broadcast_path,
+        mean_over_processes,
+    )
 
     x, g = _syncbn_inputs()
     half = slice(rank * 4, rank * 4 + 4)
@@ -162,7 +167,7 @@ TRAIN = ["data.name=synthetic", "data.num_samples=64", "data.image_size=16", "da
 
 def _train_runs(out_dir: Path) -> None:
     """``selfsup train`` in 2 processes: uninterrupted, and stopped after 2 steps then resumed."""
-    from selfsup.train import train
+    from selfsup.runs.train import train
 
     train(load_config("simclr-digits", [*TRAIN, f"run.dir={out_dir / 'full'}"]))
     train(load_config("simclr-digits", [*TRAIN, f"run.dir={out_dir / 'part'}", "trainer.max_steps=2",
@@ -277,7 +282,7 @@ def test_logged_scalars_are_global_batch_means_and_paths_come_from_rank_0(two_an
 def test_two_process_run_writes_once_and_resumes_exactly(two_and_one):
     """One run directory written by rank 0 alone (each metrics row once, one encoder, one eval.json);
     a run stopped at a checkpoint and resumed on 2 processes ends with the uninterrupted run's weights."""
-    from selfsup.checkpoint import list_checkpoints, load_checkpoint
+    from selfsup.engine.checkpoint import list_checkpoints, load_checkpoint
 
     out_dir = two_and_one[3]
     full, part = out_dir / "full", out_dir / "part"
@@ -313,7 +318,7 @@ def test_sync_batchnorm_in_fp32_matches_batchnorm_on_the_global_batch(two_and_on
 def test_convert_sync_batchnorm_shares_state_keeps_keys_and_honours_exclusions():
     from timm.layers import BatchNormAct2d
 
-    from selfsup.distributed import SyncBatchNorm, convert_sync_batchnorm
+    from selfsup.core.distributed import SyncBatchNorm, convert_sync_batchnorm
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
                                 torch.nn.Sequential(torch.nn.BatchNorm1d(4)), BatchNormAct2d(4))

@@ -19,10 +19,9 @@ import pytest
 import safetensors.torch
 import torch
 import torch.multiprocessing as mp
-from torch import nn
-
 from test_distributed import TRAIN, WORLD, _free_port, join_ranks
 from test_evaluation import MEAN, STD, tiny_net
+from torch import nn
 
 ROWS = 9  # odd: shards of 5 and 4 rows
 BATCH = 2  # smaller than a shard: several batches per rank, the last one short
@@ -77,7 +76,7 @@ def _module_for_broadcast(seed: int) -> nn.Module:
 
 
 def _rows_checks() -> dict:
-    from selfsup.distributed import gather_rows, rank, shard_bounds
+    from selfsup.core.distributed import gather_rows, rank, shard_bounds
 
     rows = torch.arange(BLOCK_ROWS * 3, dtype=torch.float32).view(BLOCK_ROWS, 3)
     start, stop = shard_bounds(BLOCK_ROWS)
@@ -97,7 +96,7 @@ def _rows_checks() -> dict:
 
 
 def _extraction_checks(out_dir: Path) -> dict:
-    from selfsup.distributed import rank
+    from selfsup.core.distributed import rank
     from selfsup.evaluation.features import cached_features, extract_features
 
     net = tiny_net()
@@ -131,7 +130,7 @@ def _protocol_checks() -> dict:
 
 
 def _broadcast_checks() -> dict:
-    from selfsup.distributed import broadcast_module_state, rank
+    from selfsup.core.distributed import broadcast_module_state, rank
 
     module = _module_for_broadcast(seed=rank())
     broadcast_module_state(module)
@@ -140,7 +139,7 @@ def _broadcast_checks() -> dict:
 
 def _train_run(out_dir: Path) -> dict:
     from selfsup.config import load_config
-    from selfsup.train import train
+    from selfsup.runs.train import train
 
     return train(load_config("simclr-digits", [*TRAIN, "eval.random_baseline=true", f"run.dir={out_dir / 'run'}"]))
 
@@ -262,10 +261,11 @@ def test_two_process_train_shards_evaluation_and_rank_0_alone_reports(ranks):
     from safetensors import safe_open
 
     from selfsup.config import load_config
+    from selfsup.data import open_split
+    from selfsup.engine.build import build_method
     from selfsup.evaluation.features import extract_features
     from selfsup.evaluation.protocols import evaluate
-    from selfsup.export import load_encoder
-    from selfsup.train import build_method, load_split
+    from selfsup.runs.export import load_encoder
 
     (r0, r1), out_dir = ranks
     run = out_dir / "run"
@@ -273,7 +273,7 @@ def test_two_process_train_shards_evaluation_and_rank_0_alone_reports(ranks):
     assert json.loads((run / "eval.json").read_text()) == r0["train"]
     # The cached features (rank 0's gathered train and val features) are the exported encoder's.
     cfg = load_config("simclr-digits", [*TRAIN, "eval.random_baseline=true", f"run.dir={run}"])
-    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    train, val = open_split(cfg.data, "train", seed=cfg.trainer.seed), open_split(cfg.data, "val", seed=cfg.trainer.seed)
     encoder = load_encoder(run / "encoder")
     files = sorted((run / "features").glob("features-*.safetensors"))
     assert len(files) == 2

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.errors import DataError, SelfsupError
+from selfsup.core.errors import DataError, SelfsupError
 from selfsup.evaluation import extract_features, knn_classify, linear_probe
 from selfsup.evaluation.knn import true_class_rank
 from selfsup.evaluation.linear import _fit, _fit_heads, _score_gradient, _standardise

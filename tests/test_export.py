@@ -1,4 +1,4 @@
-"""Tests for selfsup.export: timm local-dir round trip, load_encoder, atomic writes, errors."""
+"""Tests for selfsup.runs.export: timm local-dir round trip, load_encoder, atomic writes, errors."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import timm
 import torch
 from torch import nn
 
-from selfsup.backbones import create_backbone
-from selfsup.errors import CheckpointError, ConfigError
-from selfsup.export import export_encoder, load_encoder
+from selfsup.core.errors import CheckpointError, ConfigError
+from selfsup.models.backbones import create_backbone
+from selfsup.runs.export import export_encoder, load_encoder
 
 MEAN = (0.49, 0.48, 0.45)
 STD = (0.25, 0.24, 0.26)
@@ -247,7 +247,7 @@ def test_cli_export_formats_reproduce_the_encoder(tmp_path: Path, fmt: str) -> N
 
 def test_onnx_export_that_does_not_reproduce_is_refused(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("onnxruntime")
-    import selfsup.export as export_module
+    import selfsup.runs.export as export_module
 
     model = _perturbed(create_backbone("resnet10t"))
     out = _export(model, tmp_path / "encoder")
@@ -262,7 +262,7 @@ def test_onnx_export_that_does_not_reproduce_is_refused(tmp_path: Path, monkeypa
 
 
 def test_export_as_rejects_unknown_format(tmp_path: Path) -> None:
-    from selfsup.export import export_as
+    from selfsup.runs.export import export_as
 
     loaded = load_encoder(_export(create_backbone("resnet10t"), tmp_path / "encoder"))
     with pytest.raises(ConfigError, match="format"):

@@ -7,14 +7,20 @@ import json
 import pytest
 import torch
 
-from selfsup.backbones import create_backbone
 from selfsup.cli import main
 from selfsup.config import FinetuneConfig
+from selfsup.core.errors import ConfigError
 from selfsup.data.datasets import make_dataset
-from selfsup.errors import ConfigError
-from selfsup.evaluation.finetune import (Classifier, encoder_blocks, finetune, finetune_model, finetune_param_groups,
-                                         fresh_copy)
+from selfsup.evaluation.finetune import (
+    Classifier,
+    encoder_blocks,
+    finetune,
+    finetune_model,
+    finetune_param_groups,
+    fresh_copy,
+)
 from selfsup.evaluation.protocols import finetune_key, match_channels
+from selfsup.models.backbones import create_backbone
 
 
 def colour_split(n: int, seed: int, size: int = 8):

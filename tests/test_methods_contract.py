@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from selfsup.augment import ViewMaker
-from selfsup.backbones import create_backbone
+from selfsup.data.augment import ViewMaker
 from selfsup.methods import METHODS, create_method
+from selfsup.models.backbones import create_backbone
 
 SIZE = 32
 

@@ -8,10 +8,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from selfsup.backbones import create_backbone
 from selfsup.losses.decoupled import dcl, dclw
 from selfsup.losses.moco import infonce
 from selfsup.methods import create_method
+from selfsup.models.backbones import create_backbone
 
 SIZE = 16
 

@@ -8,8 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from selfsup.augment import ViewMaker
-from selfsup.backbones import create_backbone
+from selfsup.data.augment import ViewMaker
 from selfsup.losses.noncontrastive import (
     barlow_twins_loss,
     byol_loss,
@@ -19,6 +18,7 @@ from selfsup.losses.noncontrastive import (
     vicreg_variance,
 )
 from selfsup.methods import create_method
+from selfsup.models.backbones import create_backbone
 
 SIZE = 16
 SMALL_HEADS = {

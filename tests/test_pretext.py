@@ -6,12 +6,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from selfsup.backbones import create_backbone
-from selfsup.errors import ConfigError
+from selfsup.core.errors import ConfigError
 from selfsup.methods import create_method
 from selfsup.methods import jigsaw_permutations as jp
-from selfsup.methods.jigsaw import extract_tiles, normalize_tiles, sample_tile_offsets, shuffle_tiles
+from selfsup.methods.jigsaw import (
+    extract_tiles,
+    normalize_tiles,
+    sample_tile_offsets,
+    shuffle_tiles,
+)
 from selfsup.methods.rotation import rotate_batch
+from selfsup.models.backbones import create_backbone
 
 
 @pytest.fixture(autouse=True)

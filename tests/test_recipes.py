@@ -12,14 +12,14 @@ import math
 import pytest
 
 from selfsup.config import RECIPES_DIR, load_config
-from selfsup.train import train
+from selfsup.runs.train import train
 
 RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "stl10": 96}
 
 
 def test_every_method_has_a_digits_and_a_cifar10_recipe():
-    from selfsup.methods.registry import METHODS
+    from selfsup.methods.factory import METHODS
 
     missing = [f"{m}-{d}" for m in METHODS.names() for d in ("digits", "cifar10") if f"{m}-{d}" not in RECIPES]
     assert not missing

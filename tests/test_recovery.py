@@ -10,14 +10,20 @@ import time
 
 import pytest
 import torch
+from test_trainer import TINY, read_metrics, tiny_config
 
-from selfsup.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, rng_state, save_checkpoint
 from selfsup.cli import main
 from selfsup.config import load_config
-from selfsup.errors import CheckpointError, NonFiniteError
-from selfsup.guard import NonFiniteGuard
-from selfsup.train import train
-from test_trainer import TINY, read_metrics, tiny_config
+from selfsup.core.errors import CheckpointError
+from selfsup.engine.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
+from selfsup.engine.guard import NonFiniteGuard
+from selfsup.runs.train import train
 
 
 def final_state(run_dir):

@@ -5,13 +5,13 @@ import re
 import sys
 
 import pytest
+from test_trainer import tiny_config
 
 from selfsup.cli import main
-from selfsup.metrics import read_metrics, trim_metrics
-from selfsup.plots import plots_available
-from selfsup.progress import PlainProgress, progress_bar
-from selfsup.train import train
-from test_trainer import tiny_config
+from selfsup.core.progress import PlainProgress, progress_bar
+from selfsup.engine.run_log import read_metrics, trim_metrics
+from selfsup.runs.curves import plots_available
+from selfsup.runs.train import train
 
 try:
     import tensorboard  # noqa: F401
@@ -77,7 +77,9 @@ def test_training_run_outputs(tmp_path, capsys, monkeypatch):
         assert re.search(pattern, table), table
 
     if HAVE_TENSORBOARD:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.backend.event_processing.event_accumulator import (
+            EventAccumulator,
+        )
 
         events = EventAccumulator(str(tmp_path / "tensorboard"))
         events.Reload()

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from selfsup.core.errors import DataError
 from selfsup.data.datasets import ImageDataset, channel_stats
 from selfsup.data.imagefolder import load_imagefolder
 from selfsup.data.streaming import (
@@ -19,7 +20,6 @@ from selfsup.data.streaming import (
     open_imagefolder,
     stream_batches,
 )
-from selfsup.errors import DataError
 
 SIZE = 8  # the canvas side
 
@@ -106,7 +106,7 @@ def test_process_shares_partition_the_global_batch(stream):
 
 
 def test_trainer_epoch_sampler_keeps_the_protocol(stream):
-    from selfsup.trainer import EpochSampler
+    from selfsup.engine.trainer import EpochSampler
 
     sampler = EpochSampler(len(stream), 6, seed=0)
     steps = [step for step, _, _ in stream_batches(stream, sampler, range(0, 6), num_workers=0)]
@@ -204,28 +204,29 @@ def _config(tmp_path, train_dir, *extra):
 
 
 def _trainer(cfg, tmp_path):
-    from selfsup.train import build_method, load_split, make_accelerator
-    from selfsup.trainer import Trainer
+    from selfsup.data import open_split
+    from selfsup.engine.build import build_method, make_accelerator
+    from selfsup.engine.trainer import Trainer
 
-    data = load_split(cfg, "train")
+    data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
     return Trainer(cfg, build_method(cfg, data), data, tmp_path / "run", make_accelerator(cfg)), data
 
 
-def test_load_split_streams_above_the_threshold_or_when_asked(jpegs, tmp_path):
+def test_open_split_streams_above_the_threshold_or_when_asked(jpegs, tmp_path):
     from selfsup.config import load_config
-    from selfsup.errors import ConfigError
-    from selfsup.train import load_split
+    from selfsup.core.errors import ConfigError
+    from selfsup.data import open_split
 
-    assert isinstance(load_split(_config(tmp_path, jpegs), "train"), ImageDataset)  # 48 x 3 x 16 x 16 < 8 GiB
-    small = load_split(_config(tmp_path, jpegs, "data.in_memory_max_gb=1e-6"), "train")
+    assert isinstance(open_split(_config(tmp_path, jpegs).data, "train"), ImageDataset)  # 48 x 3 x 16 x 16 < 8 GiB
+    small = open_split(_config(tmp_path, jpegs, "data.in_memory_max_gb=1e-6").data, "train")
     assert isinstance(small, StreamingImageFolder) and small.shape == (3, 16, 16) and len(small) == 48
     assert "48 images decoded to uint8 3x16x16" in small.describe() and "estimated on 48" in small.describe()
-    forced = load_split(_config(tmp_path, jpegs, "data.streaming=always", "data.workers=3"), "val")
+    forced = open_split(_config(tmp_path, jpegs, "data.streaming=always", "data.workers=3").data, "val")
     assert isinstance(forced, StreamingImageFolder) and forced.setting == "data.val" and forced.workers == 3
-    never = load_split(_config(tmp_path, jpegs, "data.in_memory_max_gb=0", "data.streaming=never"), "train")
+    never = open_split(_config(tmp_path, jpegs, "data.in_memory_max_gb=0", "data.streaming=never").data, "train")
     assert isinstance(never, ImageDataset)
-    sub = load_split(_config(tmp_path, jpegs, "data.streaming=always", "data.num_samples=20"), "train")
-    sub_mem = load_split(_config(tmp_path, jpegs, "data.num_samples=20"), "train")
+    sub = open_split(_config(tmp_path, jpegs, "data.streaming=always", "data.num_samples=20").data, "train")
+    sub_mem = open_split(_config(tmp_path, jpegs, "data.num_samples=20").data, "train")
     assert len(sub) == 20 and torch.equal(sub.decode(range(20))[0], sub_mem.images)  # the same subset
     with pytest.raises(ConfigError, match="data.streaming"):
         load_config("simclr-digits", ["data.streaming=always"])
@@ -263,13 +264,13 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def _final_weights(run_dir: Path) -> dict:
-    from selfsup.checkpoint import list_checkpoints, load_checkpoint
+    from selfsup.engine.checkpoint import list_checkpoints, load_checkpoint
 
     return load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])["model"]
 
 
 def test_streaming_run_resumed_mid_epoch_equals_uninterrupted_and_in_memory(jpegs, tmp_path):
-    from selfsup.train import train
+    from selfsup.runs.train import train
 
     stream = ["data.streaming=always", "data.workers=2", "trainer.epochs=2"]
     train(_config(tmp_path / "memory", jpegs, "trainer.epochs=2", "resume=never"))
@@ -291,28 +292,28 @@ def test_streaming_run_resumed_mid_epoch_equals_uninterrupted_and_in_memory(jpeg
 
 def test_streamed_evaluation_equals_in_memory(jpegs, tmp_path):
     """Features are extracted batch by batch from the workers, in file order; the protocols agree."""
-    from selfsup.config import load_config
+    from selfsup.data import open_split
+    from selfsup.engine.build import build_method
     from selfsup.evaluation.features import extract_features
     from selfsup.evaluation.protocols import evaluate
-    from selfsup.train import build_method, load_split
 
     cfg_m = _config(tmp_path, jpegs, "eval.linear=false", "eval.knn_k=[3]")
     cfg_s = _config(tmp_path, jpegs, "eval.linear=false", "eval.knn_k=[3]", "data.streaming=always",
                     "data.workers=2")
-    mem, streamed = load_split(cfg_m, "train"), load_split(cfg_s, "train")
+    mem, streamed = open_split(cfg_m.data, "train", seed=cfg_m.trainer.seed), open_split(cfg_s.data, "train", seed=cfg_s.trainer.seed)
     encoder = build_method(cfg_m, mem).encoder.eval()
     f_mem = extract_features(encoder, mem.images, mem.mean, mem.std, batch_size=10, progress=False)
     f_str = extract_features(encoder, streamed, streamed.mean, streamed.std, batch_size=10, progress=False)
     assert f_str.shape == (48, encoder.num_features) and torch.equal(f_mem, f_str)
-    r_mem = evaluate(encoder, mem, load_split(cfg_m, "val"), cfg_m.eval, progress=False)
-    r_str = evaluate(encoder, streamed, load_split(cfg_s, "val"), cfg_s.eval, progress=False)
+    r_mem = evaluate(encoder, mem, open_split(cfg_m.data, "val", seed=cfg_m.trainer.seed), cfg_m.eval, progress=False)
+    r_str = evaluate(encoder, streamed, open_split(cfg_s.data, "val", seed=cfg_s.trainer.seed), cfg_s.eval, progress=False)
     assert r_mem == r_str and 0 <= r_str["knn_k3"]["top1"] <= 1
 
 
 def test_streaming_run_trains_exports_and_evaluates(jpegs, tmp_path):
     import json
 
-    from selfsup.train import train
+    from selfsup.runs.train import train
 
     cfg = _config(tmp_path, jpegs, "data.streaming=always", "data.workers=1", "trainer.max_steps=2",
                   "eval.at_end=true", "eval.linear=false", "eval.knn_k=[3]")
@@ -328,7 +329,7 @@ def test_streaming_bad_files_follow_on_bad_file(jpegs, tmp_path):
     a corrupt one is replaced in its batch (skip) or stops the run naming it (error)."""
     import shutil
 
-    from selfsup.train import train
+    from selfsup.runs.train import train
 
     root = tmp_path / "bad"
     shutil.copytree(jpegs, root)

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.checkpoint import list_checkpoints, load_checkpoint
 from selfsup.config import load_config
-from selfsup.errors import CheckpointError, ConfigError
-from selfsup.schedules import warmup_cosine
-from selfsup.train import train
-from selfsup.trainer import EpochSampler
+from selfsup.core.errors import CheckpointError, ConfigError
+from selfsup.core.schedules import warmup_cosine
+from selfsup.engine.checkpoint import list_checkpoints, load_checkpoint
+from selfsup.engine.trainer import EpochSampler
+from selfsup.runs.train import train
 
 TINY = ["data.name=synthetic", "data.num_samples=64", "data.image_size=16", "data.num_classes=4",
         "backbone.name=test_resnet", "backbone.small_stem=true", "method.proj_hidden_dim=32", "method.proj_dim=16",
@@ -77,7 +77,7 @@ def test_batch_larger_than_dataset_is_a_config_error(tmp_path):
 
 
 def test_weight_decay_skips_biases_and_norms():
-    from selfsup.optim import param_groups
+    from selfsup.engine.optim import param_groups
 
     groups = param_groups(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)), 0.1)
     assert [p.ndim for p in groups[0]["params"]] == [2] and groups[0]["weight_decay"] == 0.1
@@ -85,7 +85,8 @@ def test_weight_decay_skips_biases_and_norms():
 
 
 def test_lr_rules_put_a_submodule_in_its_own_groups():
-    from selfsup.optim import LrRule, param_groups
+    from selfsup.engine.optim import param_groups
+    from selfsup.methods.base import LrRule
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
     groups = param_groups(model, 0.1, {"2": LrRule(scale=10.0)})
@@ -105,11 +106,12 @@ def _one_step_params(run_dir, config_name, *extra):
 
 def test_byol_predictor_lr_scale_multiplies_only_the_predictors_step(tmp_path):
     """One step from the same init and views: the predictor moves 4x as far, the rest exactly as far."""
-    from selfsup.train import build_method, load_split
+    from selfsup.data import open_split
+    from selfsup.engine.build import build_method
 
     plain, cfg = _one_step_params(tmp_path / "x1", "byol-digits", "trainer.warmup_epochs=0")
     fast, _ = _one_step_params(tmp_path / "x4", "byol-digits", "trainer.warmup_epochs=0", "method.predictor_lr_scale=4")
-    start = build_method(cfg, load_split(cfg, "train")).state_dict()
+    start = build_method(cfg, open_split(cfg.data, "train", seed=cfg.trainer.seed)).state_dict()
     for key, w0 in start.items():
         if not w0.is_floating_point() or key.startswith("target_") or "running_" in key:
             continue
@@ -122,11 +124,12 @@ def test_byol_predictor_lr_scale_multiplies_only_the_predictors_step(tmp_path):
 
 def test_simsiam_fixed_predictor_lr_steps_during_warmup(tmp_path):
     """Step 1 of a warm-up has lr 0: only a predictor held at the peak lr moves."""
-    from selfsup.train import build_method, load_split
+    from selfsup.data import open_split
+    from selfsup.engine.build import build_method
 
     moved, cfg = _one_step_params(tmp_path, "simsiam-digits", "method.predictor_fixed_lr=true")
     assert read_metrics(tmp_path)[0]["lr"] == 0.0
-    start = build_method(cfg, load_split(cfg, "train")).state_dict()
+    start = build_method(cfg, open_split(cfg.data, "train", seed=cfg.trainer.seed)).state_dict()
     for key, w0 in start.items():
         if w0.is_floating_point() and "running_" not in key:
             assert torch.equal(moved[key], w0) != key.startswith("predictor."), key
@@ -141,7 +144,7 @@ def test_lr_scale_must_be_positive():
 def test_lars_step_follows_the_trust_ratio_with_the_configured_eta(clip):
     """One LARS step from rest: w - lr * r * (g + wd w), r = eta ||w|| / (||g|| + wd ||w||) (You et
     al. 2017); LARC's clip makes it w - min(lr, r) * (g + wd w). Biases (no decay) get plain SGD."""
-    from selfsup.optim import create_optimizer
+    from selfsup.engine.optim import create_optimizer
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(5, 3)

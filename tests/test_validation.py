@@ -1,10 +1,10 @@
 """Bad configs: one line naming the problem, exit code 2, no traceback (``--debug`` shows it)."""
 import pytest
+from test_trainer import TINY
 
 from selfsup.cli import main
 from selfsup.config import load_config
-from selfsup.errors import ConfigError
-from test_trainer import TINY
+from selfsup.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("override,message", [

@@ -17,8 +17,9 @@ import time
 import torch
 
 from selfsup.config import load_config
-from selfsup.train import build_method, load_split, make_accelerator
-from selfsup.trainer import Trainer
+from selfsup.data import open_split
+from selfsup.engine.build import build_method, make_accelerator
+from selfsup.engine.trainer import Trainer
 
 rounds, steps = int(sys.argv[1]), int(sys.argv[2])
 extra = sys.argv[3:]
@@ -26,7 +27,7 @@ base = ["data.name=imagefolder", "data.train=/tmp/cifar10-jpeg/train", "backbone
         "backbone.small_stem=false", "trainer.batch_size=256", "eval.at_end=false", *extra]
 cfg = load_config("recipes/simclr-cifar10.yaml", base)
 acc = make_accelerator(cfg)
-data = load_split(cfg, "train")
+data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
 trainers = {}
 for name in ("eager", "compiled"):
     tr = Trainer(cfg, build_method(cfg, data), data, tempfile.mkdtemp(), acc)

@@ -13,7 +13,7 @@ import kornia
 import kornia.augmentation as K
 import torch
 
-from selfsup.augment import AugmentSpec, ViewMaker
+from selfsup.data.augment import AugmentSpec, ViewMaker
 
 torch.manual_seed(0)
 x8 = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8)

@@ -16,8 +16,9 @@ import time
 import torch
 
 from selfsup.config import load_config
-from selfsup.train import build_method, load_split, make_accelerator
-from selfsup.trainer import Trainer
+from selfsup.data import open_split
+from selfsup.engine.build import build_method, make_accelerator
+from selfsup.engine.trainer import Trainer
 
 rounds, steps = int(sys.argv[1]), int(sys.argv[2])
 base = ["data.name=imagefolder", "data.train=/tmp/cifar10-jpeg/train", "backbone.name=resnet18",
@@ -35,7 +36,7 @@ trainers = {}
 for name, extra in configs.items():
     cfg = load_config("recipes/simclr-cifar10.yaml", base + [e for e in extra if "precision" not in e])
     acc = make_accelerator(cfg)
-    data = data or load_split(cfg, "train")
+    data = data or open_split(cfg.data, "train", seed=cfg.trainer.seed)
     tr = Trainer(cfg, build_method(cfg, data), data, tempfile.mkdtemp(), acc)
     if "bf16" in name:
         tr.acc = BF16(acc)

@@ -3,6 +3,8 @@
 ``DATASETS`` is the one registry (name -> loader); add to it with ``register_dataset``.
 """
 
+from selfsup.data import imagefolder as _imagefolder  # noqa: F401  (registers data.name=imagefolder)
+from selfsup.data import sequences as _sequences  # noqa: F401  (registers data.name=sequence)
 from selfsup.data.datasets import (
     DATASETS,
     ImageDataset,
@@ -13,7 +15,7 @@ from selfsup.data.datasets import (
     register_dataset,
     resize_uint8,
 )
-from selfsup.data import sequence as _sequence  # noqa: F401  (registers data.name=sequence)
+from selfsup.data.split import open_split
 
 __all__ = [
     "DATASETS",
@@ -22,6 +24,7 @@ __all__ = [
     "default_cache_dir",
     "load_dataset",
     "make_dataset",
+    "open_split",
     "register_dataset",
     "resize_uint8",
 ]

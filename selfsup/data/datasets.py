@@ -7,12 +7,11 @@ live on the GPU). Augmentation happens later, batched, on the device.
 Registered datasets (see :data:`DATASETS`): ``digits`` (scikit-learn's bundled 8x8 digits),
 ``synthetic`` (generated, for tests), ``imagefolder`` (a folder of class sub-folders, decoded
 once and cached), ``cifar10`` / ``cifar100`` / ``stl10`` through ``torchvision.datasets``, and
-``sequence`` (float sequences ``[N, T, D]`` from a file; :mod:`selfsup.data.sequence`).
+``sequence`` (float sequences ``[N, T, D]`` from a file; :mod:`selfsup.data.sequences`).
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfsup.errors import DataError
+from selfsup.core.errors import DataError
+from selfsup.core.registry import DATASETS
 
 SPLITS = ("train", "val")
 
@@ -124,20 +124,9 @@ def default_cache_dir() -> Path:
 # ---------------------------------------------------------------------------------------------
 # Registry
 
-DATASETS: dict[str, Callable[..., ImageDataset]] = {}
-"""Dataset name -> loader ``fn(split, **options) -> ImageDataset``; options as in load_dataset."""
-
-
 def register_dataset(name: str) -> Callable[[Callable[..., ImageDataset]], Callable[..., ImageDataset]]:
-    """Decorator adding a loader to :data:`DATASETS` under ``name``."""
-
-    def decorator(fn: Callable[..., ImageDataset]) -> Callable[..., ImageDataset]:
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} is registered twice")
-        DATASETS[name] = fn
-        return fn
-
-    return decorator
+    """Decorator adding a loader ``fn(split, **options) -> ImageDataset`` to :data:`DATASETS` under ``name``."""
+    return DATASETS.register(name)
 
 
 def load_dataset(
@@ -179,7 +168,7 @@ def load_dataset(
     """
     _check_options(name, split, train_path, val_path, image_size, num_samples, num_classes)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    ds = DATASETS[name](
+    ds = DATASETS.get(name)(
         split,
         root=root,
         train_path=train_path,
@@ -207,10 +196,7 @@ def _check_options(
     num_classes: int | None,
 ) -> None:
     """Raise :class:`DataError` for an unknown name or split, or a setting that does not apply."""
-    if name not in DATASETS:
-        close = difflib.get_close_matches(name, DATASETS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise DataError(f"unknown data.name={name!r}: {hint}valid names: {', '.join(sorted(DATASETS))}")
+    DATASETS.get(name)  # an unknown name: one DataError with the closest known name
     if split not in SPLITS + ("unlabeled",):
         raise DataError(f"unknown split {split!r} for {name!r}: use 'train' or 'val' (stl10: 'unlabeled')")
     if name not in ("imagefolder", "sequence") and (train_path is not None or val_path is not None):
@@ -304,25 +290,6 @@ def load_synthetic_dataset(
     x = (x - 0.5) * contrast + 0.5 + brightness + 0.05 * torch.randn(x.shape, generator=gen)
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
     return make_dataset(images, labels, [f"class{i}" for i in range(k)])
-
-
-@register_dataset("imagefolder")
-def load_imagefolder_dataset(
-    split: str,
-    *,
-    root: str | None = None,
-    train_path: str | None = None,
-    val_path: str | None = None,
-    image_size: int | None = None,
-    cache_dir: Path,
-    on_bad_file: str = "skip",
-    **_: object,
-) -> ImageDataset:
-    """A folder of class sub-folders (``data.train`` / ``data.val``); see :mod:`.imagefolder`."""
-    from selfsup.data.imagefolder import load_imagefolder, split_path
-
-    path, key = split_path(split, root, train_path, val_path)
-    return load_imagefolder(path, image_size=image_size, cache_dir=cache_dir, setting=key, on_bad_file=on_bad_file)
 
 
 _TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "stl10": "STL10"}

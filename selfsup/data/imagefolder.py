@@ -32,9 +32,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from selfsup.data.datasets import ImageDataset, channel_stats, make_dataset
-from selfsup.errors import DataError
-from selfsup.progress import progress_bar
+from selfsup.core.errors import DataError
+from selfsup.core.progress import progress_bar
+from selfsup.data.datasets import (
+    ImageDataset,
+    channel_stats,
+    make_dataset,
+    register_dataset,
+)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 3  # 3: skipped files carry their reason
@@ -343,3 +348,20 @@ def _write_cache(base: Path, prefix: str, images: np.ndarray, meta: dict) -> Non
             f"could not write image cache {base}.npy ({e}); set SELFSUP_CACHE to a writable folder",
             stacklevel=3,
         )
+
+
+@register_dataset("imagefolder")
+def load_imagefolder_dataset(
+    split: str,
+    *,
+    root: str | None = None,
+    train_path: str | None = None,
+    val_path: str | None = None,
+    image_size: int | None = None,
+    cache_dir: Path,
+    on_bad_file: str = "skip",
+    **_: object,
+) -> ImageDataset:
+    """``data.name=imagefolder``: a folder of class sub-folders (``data.train`` / ``data.val``), decoded once and cached."""
+    path, key = split_path(split, root, train_path, val_path)
+    return load_imagefolder(path, image_size=image_size, cache_dir=cache_dir, setting=key, on_bad_file=on_bad_file)

@@ -3,7 +3,7 @@
 A split whose decoded uint8 tensor would exceed ``data.in_memory_max_gb`` (or any split with
 ``data.streaming=always``) is not decoded up front. Instead DataLoader worker processes read,
 decode and resize each image to a fixed uint8 canvas and return uint8 batches; every random
-augmentation still runs batched on the training device (:class:`~selfsup.augment.ViewMaker`),
+augmentation still runs batched on the training device (:class:`~selfsup.data.augment.ViewMaker`),
 exactly as for in-memory data.
 
 * Same bytes as the in-memory path: a worker decodes with
@@ -12,7 +12,7 @@ exactly as for in-memory data.
   take; the threshold changes memory use, never results (the one difference: ``mean`` / ``std``
   come from a sample, see below).
 * Keyed by step: the loader's item ``s`` is the batch of dataset indices
-  ``sampler.indices(s, rank, world)`` (``EpochSampler`` in :mod:`selfsup.trainer` keeps that
+  ``sampler.indices(s, rank, world)`` (``EpochSampler`` in :mod:`selfsup.engine.trainer` keeps that
   protocol), so the data order is a function of (seed, step) alone and a run resumed at step
   ``s`` streams exactly the batches of an uninterrupted one. Each process decodes only its share.
 * ``mean`` / ``std`` are estimated from a seeded sample of the split (``stats_samples`` images,
@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from selfsup.core.errors import DataError
 from selfsup.data.datasets import ImageDataset, channel_stats, default_cache_dir
 from selfsup.data.imagefolder import (
     cache_key,
@@ -57,14 +58,13 @@ from selfsup.data.imagefolder import (
     scan_folder,
     split_path,
 )
-from selfsup.errors import DataError
 
 if TYPE_CHECKING:
     from selfsup.config import DataConfig
 
 __all__ = [
     "BatchSampler", "SequentialBatches", "StepBatches", "StepStream", "StreamingImageFolder", "decoded_gb",
-    "default_workers", "is_streaming", "open_imagefolder", "open_split", "stream_batches", "stream_images",
+    "default_workers", "is_streaming", "open_imagefolder", "open_streamed", "stream_batches", "stream_images",
 ]
 
 
@@ -276,7 +276,7 @@ def open_imagefolder(path: str | os.PathLike[str], *, image_size: int | None, ca
                                      on_bad_file=on_bad_file, stats_samples=stats_samples, seed=seed)
 
 
-def open_split(data: DataConfig, split: str, *, seed: int = 0) -> StreamingImageFolder | None:
+def open_streamed(data: DataConfig, split: str, *, seed: int = 0) -> StreamingImageFolder | None:
     """``split`` of ``data`` (the ``data`` config section) as a :class:`StreamingImageFolder`, or
     ``None`` when it is to be loaded in memory as usual.
 

@@ -24,10 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.core.distributed import (
+    broadcast_tensor,
+    gather_rows,
+    rank,
+    shard_bounds,
+    world_size,
+)
+from selfsup.core.errors import DataError, SelfsupError
+from selfsup.core.progress import progress_bar
 from selfsup.data.streaming import StreamingImageFolder, is_streaming, stream_images
-from selfsup.distributed import broadcast_tensor, gather_rows, rank, shard_bounds, world_size
-from selfsup.errors import DataError, SelfsupError
-from selfsup.progress import progress_bar
 
 __all__ = [
     "extract_features", "cached_features", "feature_cache_key", "encoder_fingerprint", "dataset_fingerprint",
@@ -114,9 +120,9 @@ def extract_features(
         image_size: side length to resize to; ``None`` keeps H x W.
         progress: show a progress bar (plain periodic lines when stderr is not a terminal).
         shard: when ``torch.distributed`` runs several processes, each rank runs the encoder on its
-            contiguous share of the rows only (:func:`~selfsup.distributed.shard_bounds`; a streaming
+            contiguous share of the rows only (:func:`~selfsup.core.distributed.shard_bounds`; a streaming
             split by its file list) and the shares are gathered
-            (:func:`~selfsup.distributed.gather_rows`): every rank returns the same [N, D], in row
+            (:func:`~selfsup.core.distributed.gather_rows`): every rank returns the same [N, D], in row
             order, each row computed once. Every rank must call it, with the same arguments; only
             rank 0 shows progress. With fewer rows than processes every rank extracts them all.
             One process: ignored.

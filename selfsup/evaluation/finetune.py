@@ -11,9 +11,9 @@ next to the head) learns at ``lr * layer_decay ** (n - i)``, the head at ``lr``.
 initialisation.
 
 The schedule is the trainer's: linear warmup then cosine, one value per step
-(:func:`selfsup.schedules.warmup_cosine`), the peak rate scaled linearly from batch 256.
+(:func:`selfsup.core.schedules.warmup_cosine`), the peak rate scaled linearly from batch 256.
 Training views are random resized crops + horizontal flips made batched on the device
-(:class:`selfsup.augment.ViewMaker`); the test split is only normalised. The result is the
+(:class:`selfsup.data.augment.ViewMaker`); the test split is only normalised. The result is the
 **final** epoch's top-1 / top-5 on the test split: no early stopping, no best epoch.
 """
 from __future__ import annotations
@@ -27,13 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.augment import AugmentSpec, ViewMaker, normalize
 from selfsup.config import FinetuneConfig
+from selfsup.core.errors import ConfigError, DataError
+from selfsup.core.progress import progress_bar
+from selfsup.core.schedules import scaled_lr, warmup_cosine
 from selfsup.data import ImageDataset
-from selfsup.errors import ConfigError, DataError
+from selfsup.data.augment import AugmentSpec, ViewMaker, normalize
 from selfsup.evaluation.knn import true_class_rank
-from selfsup.progress import progress_bar
-from selfsup.schedules import scaled_lr, warmup_cosine
+from selfsup.models.backbones import create_backbone
 
 __all__ = ["FinetuneConfig", "encoder_blocks", "finetune", "finetune_model", "finetune_param_groups", "fresh_copy", "validate_finetune"]
 
@@ -150,8 +151,6 @@ def fresh_copy(encoder: nn.Module, seed: int) -> nn.Module:
     spec = getattr(encoder, "selfsup_spec", None)
     if spec is None:
         raise ConfigError("eval.finetune.from_scratch=true needs an encoder built by selfsup (it records how to rebuild it)")
-    from selfsup.backbones import create_backbone
-
     torch.manual_seed(seed)
     fresh = create_backbone(spec["name"], small_stem=spec["small_stem"], in_chans=spec["in_chans"],
                             **spec["model_args"])

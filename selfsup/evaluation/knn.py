@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfsup.errors import DataError, SelfsupError
+from selfsup.core.errors import DataError, SelfsupError
 
 __all__ = ["knn_classify", "true_class_rank", "prepare_labelled_features", "BACKENDS", "INDEXES"]
 

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfsup.errors import SelfsupError
+from selfsup.core.errors import SelfsupError
+from selfsup.core.progress import progress_bar
 from selfsup.evaluation.knn import prepare_labelled_features, true_class_rank
-from selfsup.progress import progress_bar
 
 __all__ = ["linear_probe", "fit_linear_probe", "select_hyperparameters", "LinearProbe", "LOSSES", "SOLVERS"]
 

@@ -7,9 +7,9 @@ from typing import Iterable
 from torch import Tensor, nn
 
 from selfsup.config import EvalConfig, FinetuneConfig
+from selfsup.core.errors import DataError
 from selfsup.data import ImageDataset
 from selfsup.data.streaming import StreamingImageFolder, is_streaming
-from selfsup.errors import DataError
 from selfsup.evaluation.features import cached_features, extract_features
 from selfsup.evaluation.finetune import finetune
 from selfsup.evaluation.knn import knn_classify

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selfsup.distributed import gather_with_grad, rank
+from selfsup.core.distributed import gather_with_grad, rank
 
 
 def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, *, gather: bool = False) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selfsup.distributed import gather_with_grad, rank
+from selfsup.core.distributed import gather_with_grad, rank
 from selfsup.losses.contrastive import pair_logits
 
 

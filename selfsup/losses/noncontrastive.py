@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selfsup.distributed import gather_with_grad
+from selfsup.core.distributed import gather_with_grad
 
 __all__ = [
     "byol_loss", "simsiam_loss", "barlow_twins_loss", "cross_correlation",

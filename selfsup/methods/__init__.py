@@ -2,10 +2,15 @@
 import importlib
 import pkgutil
 
-from selfsup.methods.registry import METHODS, create_method, method_config_class, register_method
+from selfsup.methods.factory import (
+    METHODS,
+    create_method,
+    method_config_class,
+    register_method,
+)
 
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in ("base", "registry"):
+    if _module.name not in ("base", "factory"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["METHODS", "create_method", "method_config_class", "register_method"]

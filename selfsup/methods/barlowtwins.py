@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from selfsup.losses.noncontrastive import barlow_twins_loss
-from selfsup.methods.registry import register_method
+from selfsup.methods.factory import register_method
 from selfsup.methods.twin_projector import TwinProjectorConfig, TwinProjectorMethod
 
 

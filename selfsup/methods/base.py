@@ -1,6 +1,6 @@
 """The method contract every pretext method (and every supervised baseline) keeps.
 
-Data flow: the trainer slices a uint8 batch, the :class:`~selfsup.augment.ViewMaker` built
+Data flow: the trainer slices a uint8 batch, the :class:`~selfsup.data.augment.ViewMaker` built
 from ``method.views`` turns it into float views on the device, and the trainer calls the
 method (``forward`` is ``training_step``, so DDP's hooks run) and then ``on_step_end``.
 Scheduled values (lr, EMA momentum, teacher temperature, ...) arrive precomputed per step in
@@ -9,15 +9,34 @@ Scheduled values (lr, EMA momentum, teacher temperature, ...) arrive precomputed
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
-from selfsup.optim import LrRule
+from selfsup.core.errors import ConfigError
+from selfsup.data.augment import AugmentSpec
+
+
+@dataclass(frozen=True)
+class LrRule:
+    """How one submodule's learning rate follows the schedule.
+
+    ``scale`` multiplies the lr (e.g. a faster predictor: Tian et al. 2021, "Understanding
+    self-supervised learning dynamics without contrastive pairs", arXiv:2102.06810, study the
+    predictor's relative learning rate); ``fixed`` holds it at the peak lr with no warm-up or
+    decay (SimSiam's predictor: Chen & He 2021, arXiv:2011.10566, sec. 4.2, table 1c).
+    """
+
+    scale: float = 1.0
+    fixed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scale <= 0:
+            raise ConfigError(f"learning-rate scale {self.scale} must be > 0")
 
 
 class Method(nn.Module):
@@ -63,7 +82,7 @@ class Method(nn.Module):
 
     @property
     def lr_rules(self) -> dict[str, LrRule]:
-        """Learning-rate rules for submodules (dotted name -> :class:`~selfsup.optim.LrRule`),
+        """Learning-rate rules for submodules (dotted name -> :class:`LrRule`),
         e.g. a faster or unscheduled predictor. Default: every parameter follows the schedule."""
         return {}
 

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
-from selfsup.ema import ema_update, frozen_copy, momentum_schedule
-from selfsup.heads import ProjectionHead
+from selfsup.data.augment import AugmentSpec
 from selfsup.losses.noncontrastive import byol_loss
-from selfsup.methods.base import Method
-from selfsup.methods.registry import register_method
-from selfsup.optim import LrRule
+from selfsup.methods.base import LrRule, Method
+from selfsup.methods.factory import register_method
+from selfsup.models.ema import ema_update, frozen_copy, momentum_schedule
+from selfsup.models.heads import ProjectionHead
 
 
 def byol_views(

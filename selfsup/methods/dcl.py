@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
-from selfsup.heads import ProjectionHead
+from selfsup.data.augment import AugmentSpec
 from selfsup.losses.decoupled import dcl, dclw
 from selfsup.methods.base import Method
-from selfsup.methods.registry import register_method
+from selfsup.methods.factory import register_method
 from selfsup.methods.simclr import simclr_views
+from selfsup.models.heads import ProjectionHead
 
 
 @dataclass

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
-from selfsup.distributed import all_reduce_mean
-from selfsup.errors import ConfigError
-from selfsup.ema import ema_update, frozen_copy, momentum_schedule
+from selfsup.core.distributed import all_reduce_mean
+from selfsup.core.errors import ConfigError
+from selfsup.data.augment import AugmentSpec
 from selfsup.losses.dino import dino_loss, teacher_entropy
 from selfsup.methods.base import Method
-from selfsup.methods.registry import register_method
+from selfsup.methods.factory import register_method
+from selfsup.models.ema import ema_update, frozen_copy, momentum_schedule
 
 
 @dataclass

@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
-from selfsup.distributed import rank, world_size
-from selfsup.errors import ConfigError
-from selfsup.heads import ProjectionHead
+from selfsup.core.distributed import rank, world_size
+from selfsup.core.errors import ConfigError
+from selfsup.data.augment import AugmentSpec
 from selfsup.methods.base import Method
+from selfsup.methods.factory import register_method
 from selfsup.methods.jigsaw_permutations import NUM_TILES, permutation_set
-from selfsup.methods.registry import register_method
+from selfsup.models.heads import ProjectionHead
 
 __all__ = ["GRID", "JigsawConfig", "Jigsaw", "sample_tile_offsets", "extract_tiles", "normalize_tiles", "shuffle_tiles"]
 

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from selfsup.core.errors import ConfigError
 from selfsup.data import default_cache_dir
-from selfsup.errors import ConfigError
 
 __all__ = ["NUM_TILES", "all_permutations", "greedy_permutations", "permutation_set", "hamming_matrix"]
 

@@ -31,15 +31,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
-from selfsup.distributed import gather_no_grad, rank, world_size
-from selfsup.ema import ema_update, frozen_copy, momentum_schedule
-from selfsup.heads import ProjectionHead
-from selfsup.errors import ConfigError
+from selfsup.core.distributed import gather_no_grad, rank, world_size
+from selfsup.core.errors import ConfigError
+from selfsup.data.augment import AugmentSpec
 from selfsup.losses.moco import infonce
 from selfsup.methods.base import Method
-from selfsup.methods.registry import register_method
+from selfsup.methods.factory import register_method
+from selfsup.models.ema import ema_update, frozen_copy, momentum_schedule
+from selfsup.models.heads import ProjectionHead
 
 
 @dataclass

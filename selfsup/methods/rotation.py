@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
-from selfsup.errors import ConfigError
-from selfsup.heads import ProjectionHead
+from selfsup.core.errors import ConfigError
+from selfsup.data.augment import AugmentSpec
 from selfsup.methods.base import Method
-from selfsup.methods.registry import register_method
+from selfsup.methods.factory import register_method
+from selfsup.models.heads import ProjectionHead
 
 __all__ = ["NUM_ROTATIONS", "RotationConfig", "Rotation", "rotate_batch"]
 

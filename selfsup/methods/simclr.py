@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
-from selfsup.heads import ProjectionHead
+from selfsup.data.augment import AugmentSpec
 from selfsup.losses import nt_xent
 from selfsup.methods.base import Method
-from selfsup.methods.registry import register_method
+from selfsup.methods.factory import register_method
+from selfsup.models.heads import ProjectionHead
 
 
 def simclr_views(size: int, cfg) -> list[tuple[AugmentSpec, int]]:

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
-from selfsup.heads import ProjectionHead
+from selfsup.data.augment import AugmentSpec
 from selfsup.losses.noncontrastive import simsiam_loss
-from selfsup.methods.base import Method
-from selfsup.methods.registry import register_method
-from selfsup.optim import LrRule
+from selfsup.methods.base import LrRule, Method
+from selfsup.methods.factory import register_method
+from selfsup.models.heads import ProjectionHead
 
 
 @dataclass

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
-from selfsup.errors import ConfigError
+from selfsup.core.errors import ConfigError
+from selfsup.data.augment import AugmentSpec
 from selfsup.losses import multiclass_hinge
 from selfsup.methods.base import Method
-from selfsup.methods.registry import register_method
+from selfsup.methods.factory import register_method
 
 
 @dataclass

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.augment import AugmentSpec
 from selfsup.config import MethodConfig
-from selfsup.heads import ProjectionHead
+from selfsup.data.augment import AugmentSpec
 from selfsup.methods.base import Method
 from selfsup.methods.byol import byol_views
+from selfsup.models.heads import ProjectionHead
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from selfsup.losses.noncontrastive import vicreg_terms
-from selfsup.methods.registry import register_method
+from selfsup.methods.factory import register_method
 from selfsup.methods.twin_projector import TwinProjectorConfig, TwinProjectorMethod
 
 

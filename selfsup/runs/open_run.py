@@ -7,10 +7,12 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from selfsup.checkpoint import latest_checkpoint
+from selfsup.engine.checkpoint import latest_checkpoint
 from selfsup.config import Config, resolve_config
-from selfsup.errors import CheckpointError, SelfsupError
-from selfsup.export import load_encoder
+from selfsup.core.errors import CheckpointError, SelfsupError
+from selfsup.data import open_split
+from selfsup.engine.build import build_method
+from selfsup.runs.export import load_encoder
 
 
 def is_run_dir(path: Path) -> bool:
@@ -37,11 +39,9 @@ def open_encoder(path: str | Path, overrides: list[str] | None = None) -> tuple[
 
 def encoder_from_checkpoint(run_dir: Path, cfg: Config) -> nn.Module:
     """Rebuild the method from the run's newest checkpoint and return its encoder (eval mode)."""
-    from selfsup.train import build_method, load_split  # late: train imports the whole stack
-
     found = latest_checkpoint(run_dir / "checkpoints")
     if found is None:
         raise CheckpointError(f"{run_dir} has neither encoder/ nor a checkpoint to take the encoder from")
-    method = build_method(cfg, load_split(cfg, "train"))
+    method = build_method(cfg, open_split(cfg.data, "train", seed=cfg.trainer.seed))
     method.load_state_dict(found[1]["model"])
     return method.encoder.eval()

@@ -8,73 +8,24 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from selfsup.backbones import create_backbone, default_model_args, is_sequence_backbone
+from selfsup.models.backbones import create_backbone, default_model_args, is_sequence_backbone
 from selfsup.config import Config, config_to_dict, save_config, validate_config, validate_paths
-from selfsup.data import ImageDataset, load_dataset
-from selfsup.data.streaming import StreamingImageFolder, is_streaming, open_split
-from selfsup.distributed import broadcast_module_state
-from selfsup.errors import ConfigError
+from selfsup.data import ImageDataset, open_split
+from selfsup.data.streaming import is_streaming
+from selfsup.core.distributed import broadcast_module_state
+from selfsup.core.errors import ConfigError
 from selfsup.evaluation.protocols import evaluate, evaluation_features, format_table
-from selfsup.export import export_encoder
+from selfsup.runs.export import export_encoder
 from selfsup.methods import METHODS, create_method
 from selfsup.methods.base import Method
-from selfsup.summary import finish_run
-from selfsup.trainer import Trainer
+from selfsup.runs.summary import finish_run
+from selfsup.engine.build import build_method, make_accelerator
+from selfsup.engine.trainer import Trainer
 
 
 def run_dir_of(cfg: Config) -> Path:
     """``run.dir``, or ``runs/<recipe>``: a stable default, so rerunning a command resumes it."""
     return Path(cfg.run.dir or Path("runs") / (cfg.recipe or cfg.method.name))
-
-
-def load_split(cfg: Config, split: str) -> ImageDataset | StreamingImageFolder:
-    """One split: in memory, or (a large imagefolder split, or ``data.streaming=always``) read on demand."""
-    d = cfg.data
-    streamed = open_split(d, split, seed=cfg.trainer.seed)
-    if streamed is not None:
-        return streamed
-    return load_dataset(d.name, split, root=d.root, train_path=d.train, val_path=d.val, image_size=d.image_size,
-                        download=d.download, cache_dir=d.cache_dir, num_samples=d.num_samples,
-                        num_classes=d.num_classes, seed=cfg.trainer.seed, on_bad_file=d.on_bad_file)
-
-
-def build_method(cfg: Config, data: ImageDataset) -> Method:
-    """The method around a freshly initialised backbone (initialisation seeded by ``trainer.seed``)."""
-    _check_non_image_data(cfg, data)
-    torch.manual_seed(cfg.trainer.seed)
-    channels, size = data.shape[0], data.shape[-1]
-    model_args = {**default_model_args(cfg.backbone.name, tuple(data.shape[-2:])), **cfg.backbone.model_args}
-    backbone = create_backbone(cfg.backbone.name, small_stem=cfg.backbone.small_stem,
-                               pretrained=cfg.backbone.pretrained, in_chans=channels, **model_args)
-    return create_method(cfg.method, backbone, image_size=size, num_classes=len(data.classes))
-
-
-def _check_non_image_data(cfg: Config, data: ImageDataset) -> None:
-    """Float data (sequences) are never augmented, so only label-trained methods make sense on them;
-    NaN padding (variable lengths) needs a backbone that reads it as lengths."""
-    if is_streaming(data) or not data.images.is_floating_point():  # streamed data are uint8 images
-        return
-    if not METHODS.get(cfg.method.name).uses_labels:
-        raise ConfigError(f"data.name={cfg.data.name} holds non-image data, which gets no augmentation: "
-                          f"method.name={cfg.method.name} cannot learn from it; use method.name=supervised")
-    if not is_sequence_backbone(cfg.backbone.name) and bool(torch.isnan(data.images).any()):
-        raise ConfigError(f"variable-length sequences (padding) need a sequence backbone (lstm, gru, seq_transformer), "
-                          f"not backbone.name={cfg.backbone.name}")
-
-
-def make_accelerator(cfg: Config) -> Accelerator:
-    if cfg.trainer.precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("trainer.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
-    # Launched processes (torchrun / accelerate launch) on a machine without an accelerator: CPU
-    # processes over gloo. Accelerate picks MULTI_CPU only when told cpu=True; otherwise every
-    # process would train alone on the whole job (and they would all write the run directory).
-    cpu = not _has_accelerator() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.trainer.precision], cpu=cpu)
-
-
-def _has_accelerator() -> bool:
-    probe = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
-    return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
 
 
 def train(cfg: Config) -> dict:
@@ -84,7 +35,7 @@ def train(cfg: Config) -> dict:
     validate_paths(cfg, run_dir)  # before anything is decoded or trained
     acc = make_accelerator(cfg)
     with acc.main_process_first():  # rank 0 decodes and caches; the others read its cache
-        train_data = load_split(cfg, "train")
+        train_data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
     if is_streaming(train_data):
         acc.print(train_data.describe())
     method = build_method(cfg, train_data)
@@ -106,13 +57,13 @@ def train(cfg: Config) -> dict:
                        recipe=config_to_dict(cfg))
     acc.wait_for_everyone()
     if cfg.eval.at_end:
-        results = _evaluate_run(cfg, trainer, train_data, run_dir, acc)
+        results = _evaluate_at_end(cfg, trainer, train_data, run_dir, acc)
     if acc.is_main_process:
         print(finish_run(run_dir, cfg, total_steps=trainer.total_steps, results=results))
     return results
 
 
-def _evaluate_run(cfg: Config, trainer: Trainer, train_data: ImageDataset, run_dir: Path, acc: Accelerator) -> dict:
+def _evaluate_at_end(cfg: Config, trainer: Trainer, train_data: ImageDataset, run_dir: Path, acc: Accelerator) -> dict:
     """kNN / linear probe on the trained encoder (plus the method's own classifier head, if any) and,
     with ``eval.random_baseline``, on a randomly initialised one; rank 0 writes eval.json
     (eval_random_init.json) and returns the results, the other ranks return ``{}``.
@@ -124,7 +75,7 @@ def _evaluate_run(cfg: Config, trainer: Trainer, train_data: ImageDataset, run_d
     Every extraction path shards (in-memory and streamed splits alike), so rank 0 never evaluates alone.
     """
     with acc.main_process_first():  # rank 0 decodes and caches; the others read its cache
-        val_data = load_split(cfg, "val")
+        val_data = open_split(cfg.data, "val", seed=cfg.trainer.seed)
     shard = acc.num_processes > 1
     method = trainer.method
     if shard:  # evaluate rank 0's (exported) weights everywhere: BN statistics may be per process

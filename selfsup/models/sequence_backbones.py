@@ -22,7 +22,6 @@ positions, Vaswani et al. 2017 (arXiv:1706.03762); class token and patches, Devl
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from functools import partial
 from typing import Literal
 
@@ -31,13 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from selfsup.registry import Registry
+from selfsup.core.registry import SEQUENCE_BACKBONES
 
 __all__ = ["SEQUENCE_BACKBONES", "RNNEncoder", "SequenceTransformer", "image_to_tokens", "sinusoidal_positions"]
 
 Tokens = Literal["rows", "patches"]
 
-SEQUENCE_BACKBONES: Registry[Callable[..., nn.Module]] = Registry("sequence backbone", "backbone.name")
 
 
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selfsup.errors import SelfsupError
-from selfsup.metrics import read_metrics
+from selfsup.core.errors import SelfsupError
+from selfsup.engine.run_log import read_metrics
 
 
 def plots_available() -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from selfsup.errors import CheckpointError
+from selfsup.core.errors import CheckpointError
 
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.errors import ConfigError
+from selfsup.core.errors import ConfigError
 
 __all__ = [
     "AugmentSpec", "ViewMaker", "sample_crop_boxes", "resized_crop", "hflip",

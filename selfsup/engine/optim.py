@@ -2,32 +2,12 @@
 per-submodule learning-rate rules."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from timm.optim import Lars
 from torch import nn
 
 from selfsup.config import TrainerConfig
-from selfsup.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class LrRule:
-    """How one submodule's learning rate follows the schedule.
-
-    ``scale`` multiplies the lr (e.g. a faster predictor: Tian et al. 2021, "Understanding
-    self-supervised learning dynamics without contrastive pairs", arXiv:2102.06810, study the
-    predictor's relative learning rate); ``fixed`` holds it at the peak lr with no warm-up or
-    decay (SimSiam's predictor: Chen & He 2021, arXiv:2011.10566, sec. 4.2, table 1c).
-    """
-
-    scale: float = 1.0
-    fixed: bool = False
-
-    def __post_init__(self) -> None:
-        if self.scale <= 0:
-            raise ConfigError(f"learning-rate scale {self.scale} must be > 0")
+from selfsup.methods.base import LrRule
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr_rules: dict[str, LrRule] | None = None) -> list[dict]:

@@ -31,8 +31,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from selfsup.backbones import create_backbone
-from selfsup.errors import CheckpointError, ConfigError
+from selfsup.models.backbones import create_backbone
+from selfsup.core.errors import CheckpointError, ConfigError
 
 __all__ = [
     "export_encoder", "export_as", "load_encoder", "Preprocess", "FORMAT_VERSION", "FORMATS", "WEIGHTS_NAME",

@@ -1,4 +1,4 @@
-"""The method registry and factory."""
+"""The method factory: ``create_method`` over the :data:`~selfsup.core.registry.METHODS` registry."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -6,12 +6,11 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from selfsup.config import MethodConfig
-from selfsup.registry import Registry
+from selfsup.core.registry import METHODS
 
 if TYPE_CHECKING:
     from selfsup.methods.base import Method
 
-METHODS: Registry[type["Method"]] = Registry("method", "method.name")
 register_method = METHODS.register
 
 

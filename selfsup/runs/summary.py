@@ -10,10 +10,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from selfsup.checkpoint import list_checkpoints
+from selfsup.engine.checkpoint import list_checkpoints
 from selfsup.config import Config
-from selfsup.metrics import read_metrics
-from selfsup.plots import plot_run, plots_available
+from selfsup.engine.run_log import read_metrics
+from selfsup.runs.curves import plot_run, plots_available
 
 
 def run_summary(run_dir: Path, cfg: Config, *, total_steps: int, results: dict, plots: list[Path]) -> dict[str, Any]:

@@ -16,15 +16,15 @@ import time
 import torch
 
 from selfsup.config import Config
-from selfsup.trainer import Trainer
+from selfsup.data import open_split
+from selfsup.engine.build import build_method, make_accelerator
+from selfsup.engine.trainer import Trainer
 
 
 def bench(cfg: Config, *, steps: int = 10, warmup: int = 3, rounds: int = 3) -> dict:
     """Measure images/s (end to end and model only) for ``cfg``'s method, data and backbone."""
-    from selfsup.train import build_method, load_split, make_accelerator
-
     acc = make_accelerator(cfg)
-    data = load_split(cfg, "train")
+    data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, build_method(cfg, data), data, run_dir, acc)
         trainer.model.train()

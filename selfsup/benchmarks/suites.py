@@ -50,7 +50,10 @@ from typing import Any, Callable
 import yaml
 
 from selfsup.config import config_to_dict, load_config, resolve_config
-from selfsup.errors import ConfigError
+from selfsup.core.errors import ConfigError
+from selfsup.evaluation.finetune import validate_finetune
+from selfsup.runs.evaluate import evaluate_run
+from selfsup.runs.train import train
 
 PROTOCOL_KEYS = {"name", "description", "data", "eval", "protocols"}
 SUITE_KEYS = {"protocol", "seeds", "runs_root", "out", "overrides", "rows", "title", "notes"}
@@ -142,8 +145,6 @@ def load_protocol(path: str | Path) -> Protocol:
                      data=dict(raw.get("data") or {}), eval=dict(raw.get("eval") or {}), protocols=protocols,
                      path=str(path))
     proto.eval.setdefault("linear", "linear" in protocols)  # the end-of-training evaluation runs the probe or not
-    from selfsup.evaluation.finetune import validate_finetune
-
     # unknown data.* / eval.* keys and out-of-range fine-tuning settings fail here, naming the key
     validate_finetune(resolve_config({}, proto.overrides()).eval.finetune)
     return proto
@@ -220,10 +221,16 @@ def reusable(args: list[str]) -> bool:
     return _training_part(saved) == _training_part(config_to_dict(cfg))
 
 
-def _cli(args: list[str]) -> int:
-    from selfsup.cli import main
-
-    return main(list(args))
+def run_command(args: list[str]) -> int:
+    """Run one recorded ``selfsup`` command (``train RECIPE ...`` or ``eval --protocol P RUN ...``)
+    through the library, in this process; errors propagate as they would from the CLI."""
+    if args[0] == "train":
+        train(load_config(args[1], args[2:]))
+    elif args[:2] == ["eval", "--protocol"]:
+        evaluate_run(args[3], args[2], args[4:])
+    else:
+        raise ValueError(f"not a benchmark command: {args}")
+    return 0
 
 
 def _read_json(path: Path) -> dict:
@@ -235,7 +242,7 @@ def _finetune_done(results: dict, key: str, settings: dict) -> bool:
     return isinstance(have, dict) and have.get("settings") == settings
 
 
-def run_suite(suite: Suite, *, cli: Callable[[list[str]], int] = _cli, log: Callable[[str], None] = print) -> dict:
+def run_suite(suite: Suite, *, cli: Callable[[list[str]], int] = run_command, log: Callable[[str], None] = print) -> dict:
     """Train or reuse every row x seed, run the protocols, write the markdown table and a JSON beside it.
 
     Returns ``{"rows": {row: {seed: {protocol: result}}}, "commands": [...], "out": path}``.

@@ -4,7 +4,7 @@ Read top to bottom: build schedules, resume, then per step slice a batch (or, fo
 split, take the step's uint8 batch from DataLoader workers), make views on the device, run the
 method, step the optimizer, update EMA/queues/centres, log, checkpoint.
 Host synchronisation happens only at log and checkpoint steps (and once per step with
-``trainer.nonfinite=skip``; see :mod:`selfsup.guard`).
+``trainer.nonfinite=skip``; see :mod:`selfsup.engine.guard`).
 """
 from __future__ import annotations
 
@@ -19,20 +19,30 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from selfsup.augment import ViewMaker
-from selfsup.checkpoint import (discard_after, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
-                                set_rng_state)
 from selfsup.config import Config, config_to_dict, validate_run
+from selfsup.core.distributed import (
+    broadcast_path,
+    convert_sync_batchnorm,
+    mean_over_processes,
+)
+from selfsup.core.errors import CheckpointError, NonFiniteError, TrainingInterrupted
+from selfsup.core.progress import progress_bar
+from selfsup.core.schedules import scaled_lr, warmup_cosine
 from selfsup.data import ImageDataset
+from selfsup.data.augment import ViewMaker
 from selfsup.data.streaming import StepStream, StreamingImageFolder, is_streaming
-from selfsup.distributed import broadcast_path, convert_sync_batchnorm, mean_over_processes
-from selfsup.errors import CheckpointError, NonFiniteError, TrainingInterrupted
-from selfsup.guard import NonFiniteGuard
+from selfsup.engine.checkpoint import (
+    discard_after,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from selfsup.engine.guard import NonFiniteGuard
+from selfsup.engine.optim import create_optimizer
+from selfsup.engine.run_log import MetricsLog, Window
 from selfsup.methods.base import Method
-from selfsup.metrics import MetricsLog, Window
-from selfsup.optim import create_optimizer
-from selfsup.progress import progress_bar
-from selfsup.schedules import scaled_lr, warmup_cosine
 
 
 class EpochSampler:

@@ -6,7 +6,7 @@ whose forward maps float ``[B, in_chans, H, W]`` to pooled features ``[B, num_fe
 (Chen et al. 2020, appendix B.9): a 3x3 stride-1 first convolution and no stem max-pool,
 so a 32-px input keeps its 32-px resolution after the stem.
 
-Sequence backbones (``lstm``, ``gru``, ``seq_transformer``; :mod:`selfsup.sequence`) come through
+Sequence backbones (``lstm``, ``gru``, ``seq_transformer``; :mod:`selfsup.models.sequence_backbones`) come through
 the same factory and keep the same contract; they read an image as a sequence of rows or patches
 and need the input's ``img_size`` (``selfsup train`` fills it in from the data).
 """
@@ -20,8 +20,8 @@ from typing import Any
 import timm
 from torch import nn
 
-from selfsup.errors import ConfigError
-from selfsup.sequence import SEQUENCE_BACKBONES
+from selfsup.core.errors import ConfigError
+from selfsup.models.sequence_backbones import SEQUENCE_BACKBONES
 
 __all__ = ["create_backbone", "list_backbones", "apply_small_stem", "is_sequence_backbone", "default_model_args"]
 
@@ -34,7 +34,7 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
 
 def is_sequence_backbone(name: str) -> bool:
-    """True for the names of :mod:`selfsup.sequence` (``lstm``, ``gru``, ``seq_transformer``)."""
+    """True for the names of :mod:`selfsup.models.sequence_backbones` (``lstm``, ``gru``, ``seq_transformer``)."""
     return name in SEQUENCE_BACKBONES
 
 
@@ -103,7 +103,7 @@ def create_backbone(
 
     Args:
         name: A timm model name (``timm.list_models()``), optionally with a pretrained tag, or
-            ``lstm`` / ``gru`` / ``seq_transformer`` (:mod:`selfsup.sequence`).
+            ``lstm`` / ``gru`` / ``seq_transformer`` (:mod:`selfsup.models.sequence_backbones`).
         small_stem: Use a 3x3 stride-1 stem conv and no max-pool (ResNet family, 32-px data).
         pretrained: Load timm's pretrained weights (needs network access or a local cache).
         in_chans: Number of input channels.
@@ -114,7 +114,7 @@ def create_backbone(
     Returns:
         A module mapping float ``[B, in_chans, H, W]`` to ``[B, num_features]``; it keeps timm's
         attributes (``num_features``, ``pretrained_cfg``, ``default_cfg``) and gains
-        ``selfsup_spec``, the arguments needed to rebuild it (used by :mod:`selfsup.export`).
+        ``selfsup_spec``, the arguments needed to rebuild it (used by :mod:`selfsup.runs.export`).
 
     Raises:
         ConfigError: Unknown model name, unsupported ``small_stem``, or bad model arguments.
@@ -142,7 +142,7 @@ def create_backbone(
 
 def _create_sequence_backbone(name: str, small_stem: bool, pretrained: bool, in_chans: int,
                               model_args: dict[str, Any]) -> nn.Module:
-    """Build a :mod:`selfsup.sequence` model, turning bad settings into one-line ConfigErrors."""
+    """Build a :mod:`selfsup.models.sequence_backbones` model, turning bad settings into one-line ConfigErrors."""
     if small_stem or pretrained:
         raise ConfigError(f"backbone.small_stem and backbone.pretrained do not apply to the sequence backbone {name}")
     if "img_size" not in model_args:

@@ -6,6 +6,8 @@ import copy
 import torch
 from torch import nn
 
+from selfsup.core.schedules import warmup_cosine
+
 
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy with ``requires_grad=False`` everywhere: it never reaches the optimizer."""
@@ -28,6 +30,4 @@ def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
 
 def momentum_schedule(base: float, final: float, total_steps: int):
     """Cosine increase of the EMA momentum from ``base`` to ``final`` (BYOL, sec. 3.2; DINO)."""
-    from selfsup.schedules import warmup_cosine
-
     return warmup_cosine(base, final, total_steps, warmup_steps=0)

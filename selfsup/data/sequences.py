@@ -11,8 +11,8 @@ A file (``.npz`` read with ``numpy.load(allow_pickle=False)``, or ``.pt`` read w
 The split becomes an :class:`ImageDataset` whose ``images`` are float32 ``[N, D, T, 1]``: the D
 features are channels (normalised per feature with the training split's mean and std, as image
 channels are) and the T steps are pixel rows, so a sequence backbone reading rows
-(:mod:`selfsup.sequence`) sees exactly the T steps of D features. Padding steps are NaN, which the
-sequence backbones turn into lengths. Float data is never augmented (:class:`selfsup.augment.ViewMaker`),
+(:mod:`selfsup.models.sequence_backbones`) sees exactly the T steps of D features. Padding steps are NaN, which the
+sequence backbones turn into lengths. Float data is never augmented (:class:`selfsup.data.augment.ViewMaker`),
 so it suits the supervised baseline, not the self-supervised methods.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selfsup.core.errors import DataError
 from selfsup.data.datasets import ImageDataset, make_dataset, register_dataset
-from selfsup.errors import DataError
 
 __all__ = ["load_sequence_dataset", "read_sequence_file"]
 

@@ -1,0 +1,30 @@
+"""Typed configuration: the schema (dataclasses), loading (recipes, overrides) and value checks."""
+from selfsup.config.checks import validate_config, validate_paths, validate_run
+from selfsup.config.loading import (
+    DEFAULT_RECIPE,
+    RECIPES_DIR,
+    apply_override,
+    config_from_dict,
+    find_recipe,
+    load_config,
+    resolve_config,
+    save_config,
+)
+from selfsup.config.schema import (
+    BackboneConfig,
+    Config,
+    DataConfig,
+    EvalConfig,
+    FinetuneConfig,
+    MethodConfig,
+    RunConfig,
+    TrainerConfig,
+    config_to_dict,
+)
+
+__all__ = [
+    "BackboneConfig", "Config", "DataConfig", "DEFAULT_RECIPE", "EvalConfig", "FinetuneConfig", "MethodConfig",
+    "RECIPES_DIR", "RunConfig", "TrainerConfig", "apply_override", "config_from_dict", "config_to_dict",
+    "find_recipe", "load_config", "resolve_config", "save_config", "validate_config", "validate_paths",
+    "validate_run",
+]

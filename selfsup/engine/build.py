@@ -1,0 +1,59 @@
+"""Building a run's pieces from its config: the method around a fresh backbone, and the Accelerator."""
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator
+
+from selfsup.config import Config
+from selfsup.core.errors import ConfigError
+from selfsup.core.registry import METHODS
+from selfsup.data import ImageDataset
+from selfsup.data.streaming import is_streaming
+from selfsup.methods import create_method
+from selfsup.methods.base import Method
+from selfsup.models.backbones import (
+    create_backbone,
+    default_model_args,
+    is_sequence_backbone,
+)
+
+
+def build_method(cfg: Config, data: ImageDataset) -> Method:
+    """The method around a freshly initialised backbone (initialisation seeded by ``trainer.seed``)."""
+    _check_non_image_data(cfg, data)
+    torch.manual_seed(cfg.trainer.seed)
+    channels, size = data.shape[0], data.shape[-1]
+    model_args = {**default_model_args(cfg.backbone.name, tuple(data.shape[-2:])), **cfg.backbone.model_args}
+    backbone = create_backbone(cfg.backbone.name, small_stem=cfg.backbone.small_stem,
+                               pretrained=cfg.backbone.pretrained, in_chans=channels, **model_args)
+    return create_method(cfg.method, backbone, image_size=size, num_classes=len(data.classes))
+
+
+def _check_non_image_data(cfg: Config, data: ImageDataset) -> None:
+    """Float data (sequences) are never augmented, so only label-trained methods make sense on them;
+    NaN padding (variable lengths) needs a backbone that reads it as lengths."""
+    if is_streaming(data) or not data.images.is_floating_point():  # streamed data are uint8 images
+        return
+    if not METHODS.get(cfg.method.name).uses_labels:
+        raise ConfigError(f"data.name={cfg.data.name} holds non-image data, which gets no augmentation: "
+                          f"method.name={cfg.method.name} cannot learn from it; use method.name=supervised")
+    if not is_sequence_backbone(cfg.backbone.name) and bool(torch.isnan(data.images).any()):
+        raise ConfigError(f"variable-length sequences (padding) need a sequence backbone (lstm, gru, seq_transformer), "
+                          f"not backbone.name={cfg.backbone.name}")
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    if cfg.trainer.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("trainer.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    # Launched processes (torchrun / accelerate launch) on a machine without an accelerator: CPU
+    # processes over gloo. Accelerate picks MULTI_CPU only when told cpu=True; otherwise every
+    # process would train alone on the whole job (and they would all write the run directory).
+    cpu = not _has_accelerator() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.trainer.precision], cpu=cpu)
+
+
+def _has_accelerator() -> bool:
+    probe = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
+    return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
