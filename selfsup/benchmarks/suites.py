@@ -1,6 +1,11 @@
 """``selfsup benchmark SUITE``: recipes x seeds -> trained encoders -> protocols -> a markdown table.
 
-A **protocol file** (``eval/protocols/*.yaml``) fixes what an encoder is measured on::
+Protocol and suite files ship with the package (``selfsup/benchmarks/protocols/`` and
+``selfsup/benchmarks/suites/``; in a checkout also ``eval/protocols`` and ``eval/suites``), so
+``selfsup benchmark digits`` works after ``pip install``. A suite or protocol is given as a path or
+as a packaged name (the file name without ``.yaml``).
+
+A **protocol file** (``selfsup/benchmarks/protocols/*.yaml``) fixes what an encoder is measured on::
 
     name: digits
     description: what the splits and the transform are, in words (printed above the table)
@@ -8,12 +13,13 @@ A **protocol file** (``eval/protocols/*.yaml``) fixes what an encoder is measure
     eval: {knn_k: [20, 200], finetune: {epochs: 10, hflip_p: 0.0}}   # eval.* keys: protocol settings
     protocols: [knn, linear, finetune]
 
-A **suite file** (``eval/benchmarks/*.yaml``) says what to train and where to write the table::
+A **suite file** (``selfsup/benchmarks/suites/*.yaml``) says what to train and where to write the table::
 
-    protocol: eval/protocols/digits.yaml       # relative to the suite file, or absolute
+    protocol: digits                           # a packaged protocol name, or a path (relative to the
+                                               # working directory or to the suite file, or absolute)
     seeds: [0, 1]
     runs_root: runs/bench-digits               # one run directory per row and seed: ROOT/NAME-seedS
-    out: eval/results/benchmark-digits.md
+    out: eval/results/benchmark-digits-{date}.md   # {date}: today, YYYY-MM-DD (results are dated history)
     overrides: [trainer.epochs=20]             # for every row's training command
     rows:
       - {name: simclr, recipe: simclr-digits, random_baseline: true}   # + a "random init" row
@@ -36,6 +42,7 @@ values and every command follow it, and a JSON file beside the markdown holds al
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import platform
@@ -55,6 +62,8 @@ from selfsup.evaluation.finetune import validate_finetune
 from selfsup.runs.evaluate import evaluate_run
 from selfsup.runs.train import train
 
+PROTOCOLS_DIR = Path(__file__).resolve().parent / "protocols"  # packaged protocol files
+SUITES_DIR = Path(__file__).resolve().parent / "suites"  # packaged suite files
 PROTOCOL_KEYS = {"name", "description", "data", "eval", "protocols"}
 SUITE_KEYS = {"protocol", "seeds", "runs_root", "out", "overrides", "rows", "title", "notes"}
 ROW_KEYS = {"name", "recipe", "overrides", "random_baseline"}
@@ -99,6 +108,7 @@ class Suite:
     title: str = ""
     notes: str = ""  # free text printed under the title (machine, caveats)
     path: str = ""
+    name: str = ""  # the packaged suite's name when it was given by name (the table's reproduce command)
 
 
 def _yaml_value(value: Any) -> str:
@@ -134,8 +144,42 @@ def _read_yaml(path: Path, what: str, keys: set[str]) -> dict:
     return raw
 
 
+def packaged_names(folder: Path) -> list[str]:
+    """The names (file stems) of the packaged ``*.yaml`` files in ``folder``, sorted."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _find(what: str, value: str | Path, folder: Path, base: Path | None = None) -> Path:
+    """An existing file ``value`` (as given, or relative to ``base``), else the packaged ``folder/value.yaml``;
+    anything else is a ConfigError naming the closest packaged name."""
+    path = Path(value)
+    candidates = [path] if path.is_absolute() or base is None else [path, base / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return Path(os.path.normpath(candidate))
+    name = str(value).removesuffix(".yaml")
+    if "/" not in name and (folder / f"{name}.yaml").is_file():
+        return folder / f"{name}.yaml"
+    names = packaged_names(folder)
+    close = difflib.get_close_matches(path.stem, names, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"packaged: {', '.join(names)}"
+    raise ConfigError(f"{what} '{value}' is neither a file nor a packaged {what} name ({hint})")
+
+
+def find_suite(suite: str | Path) -> Path:
+    """Resolve a suite given as a path or as a packaged name (``digits`` -> ``SUITES_DIR/digits.yaml``)."""
+    return _find("suite", suite, SUITES_DIR)
+
+
+def find_protocol(protocol: str | Path, base: Path | None = None) -> Path:
+    """Resolve a protocol given as a path (as given, or relative to ``base``, a suite file's folder)
+    or as a packaged name (``cifar10-jpeg`` -> ``PROTOCOLS_DIR/cifar10-jpeg.yaml``)."""
+    return _find("protocol", protocol, PROTOCOLS_DIR, base)
+
+
 def load_protocol(path: str | Path) -> Protocol:
-    path = Path(path)
+    """Read a protocol file, given as a path or a packaged protocol name."""
+    path = find_protocol(path)
     raw = _read_yaml(path, "protocol", PROTOCOL_KEYS)
     protocols = list(raw.get("protocols") or ["knn", "linear"])
     bad = [p for p in protocols if p not in KNOWN_PROTOCOLS]
@@ -152,14 +196,17 @@ def load_protocol(path: str | Path) -> Protocol:
 
 def load_suite(path: str | Path, *, seeds: list[int] | None = None, runs_root: str | None = None,
                out: str | None = None, overrides: list[str] | None = None) -> Suite:
-    """Read a suite file; the keyword arguments replace its fields (the CLI's flags)."""
-    path = Path(path)
+    """Read a suite file, given as a path or a packaged suite name; the keyword arguments replace
+    its fields (the CLI's flags). ``{date}`` in ``out`` becomes today's date (YYYY-MM-DD)."""
+    given = str(path)
+    path = find_suite(path)
     raw = _read_yaml(path, "suite", SUITE_KEYS)
     if "protocol" not in raw:
-        raise ConfigError(f"suite file {path} names no protocol file (protocol: eval/protocols/NAME.yaml)")
-    proto_path = Path(raw["protocol"])
-    if not proto_path.is_absolute() and not proto_path.is_file():
-        proto_path = Path(os.path.normpath(path.parent / proto_path))
+        raise ConfigError(f"suite file {path} names no protocol (protocol: NAME or a path to a protocol file)")
+    try:
+        proto_path = find_protocol(str(raw["protocol"]), base=path.parent)
+    except ConfigError as err:
+        raise ConfigError(f"suite file {path}: {err}") from None
     rows = []
     for i, item in enumerate(raw.get("rows") or []):
         if not isinstance(item, dict) or not {"name", "recipe"} <= set(item):
@@ -177,10 +224,11 @@ def load_suite(path: str | Path, *, seeds: list[int] | None = None, runs_root: s
         raise ConfigError(f"suite file {path}: row names must differ (they name the run directories)")
     suite = Suite(protocol=load_protocol(proto_path), seeds=[int(s) for s in (seeds or raw.get("seeds") or [0])],
                   runs_root=str(runs_root or raw.get("runs_root") or Path("runs") / f"bench-{path.stem}"),
-                  out=str(out or raw.get("out") or Path("eval/results") / f"benchmark-{path.stem}.md"),
+                  out=str(out or raw.get("out") or f"eval/results/benchmark-{path.stem}-{{date}}.md").replace(
+                      "{date}", datetime.now().strftime("%Y-%m-%d")),
                   rows=rows, overrides=[*(raw.get("overrides") or []), *(overrides or [])],
                   title=str(raw.get("title") or f"Benchmark: {path.stem}"), notes=str(raw.get("notes") or "").strip(),
-                  path=str(path))
+                  path=str(path), name="" if Path(given).is_file() else path.stem)
     return suite
 
 
@@ -368,11 +416,11 @@ def _columns(table: dict[str, dict[int, dict]]) -> list[tuple[str, str]]:
 def format_markdown(suite: Suite, table: dict[str, dict[int, dict]], commands: list[dict]) -> str:
     cols = _columns(table)
     lines = [f"# {suite.title}", "",
-             f"Generated by `selfsup benchmark {suite.path}` on {datetime.now().strftime('%Y-%m-%d %H:%M')}, "
+             f"Generated by `selfsup benchmark {suite.name or suite.path}` on {datetime.now().strftime('%Y-%m-%d %H:%M')}, "
              f"host `{platform.node() or '?'}` ({_cpu_model()}, {_cpu_count()} CPU cores visible, "
              f"{_device()}).", "",
              *([suite.notes, ""] if suite.notes else []),
-             f"Protocol `{suite.protocol.name}` ({suite.protocol.path}): {', '.join(suite.protocol.protocols)}.", ""]
+             f"Protocol `{suite.protocol.name}` ({_shown(suite.protocol.path)}): {', '.join(suite.protocol.protocols)}.", ""]
     if suite.protocol.description:
         lines += [suite.protocol.description, ""]
     spread = (f"mean ± sample std over seeds {suite.seeds} (n = {len(suite.seeds)})" if len(suite.seeds) > 1
@@ -408,8 +456,15 @@ def format_markdown(suite: Suite, table: dict[str, dict[int, dict]], commands: l
     for c in commands:
         suffix = "   # reused (already done)" if c.get("reused") else (f"   # {c['seconds']:.0f} s" if "seconds" in c else "")
         lines.append("selfsup " + shlex.join(c["command"]) + suffix)
-    lines += ["```", "", "Reproduce the whole table:", "", "```", f"selfsup benchmark {suite.path}", "```", ""]
+    lines += ["```", "", "Reproduce the whole table:", "", "```", f"selfsup benchmark {suite.name or suite.path}", "```", ""]
     return "\n".join(lines)
+
+
+def _shown(path: str) -> str:
+    """A packaged file as ``selfsup/benchmarks/...`` (the same in a checkout and an install); others as given."""
+    package_root = PROTOCOLS_DIR.parents[2]
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(package_root)) if resolved.is_relative_to(package_root / "selfsup") else path
 
 
 def _cpu_model() -> str:

@@ -1,5 +1,16 @@
 """Streaming vs in-memory training throughput, measured in one process in alternating rounds.
 
+Measures images/s and CPU seconds per step (the process and its DataLoader workers) of one recipe's
+training step with the split decoded into memory and with it streamed from disk, per round and as
+medians, and the streaming / in-memory ratio. Run from the repository root, e.g. on CIFAR-10 JPEG::
+
+    python eval/scripts/bench_streaming.py simclr-cifar10 data.name=imagefolder \\
+        data.train=/tmp/cifar10-jpeg/train backbone.name=resnet18 backbone.small_stem=false \\
+        trainer.batch_size=256 --steps 15 --rounds 4 --workers 2
+
+No dated result from this script yet; eval/results/streaming-cpu-2026-11-22.md measured the same
+question with ``selfsup bench`` and ``selfsup train`` in separate processes.
+
 Two trainers of the same recipe are built side by side: one over the split decoded into memory
 (``data.streaming=never``), one streaming it from disk (``data.streaming=always``, DataLoader
 workers decode and resize, the views are made batched as always). They take turns, ``--steps``
@@ -7,8 +18,9 @@ training steps per round, so load from other users of a shared machine hits both
 table gives every round and the medians. CPU seconds per step count the training process and
 its DataLoader workers (psutil). Each streaming round starts its workers afresh (their start-up
 is timed, against streaming) so that no batch is decoded ahead during the other trainer's round.
+A step is ``Trainer.optimize(step, Trainer.make_batches(step))``, what the training loop runs.
 
-    python eval/bench_streaming.py RECIPE [key=value ...] [--steps 15 --rounds 4 --workers 2]
+    python eval/scripts/bench_streaming.py RECIPE [key=value ...] [--steps 15 --rounds 4 --warmup 3 --workers 2]
 """
 from __future__ import annotations
 
@@ -21,10 +33,8 @@ import time
 import psutil
 import torch
 
-from selfsup.config import load_config
-from selfsup.data import open_split
-from selfsup.engine.build import build_method, make_accelerator
-from selfsup.engine.trainer import Trainer
+from selfsup import Trainer, build_method, load_config, open_split
+from selfsup.engine.build import make_accelerator
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -41,8 +51,8 @@ def _cpu_seconds(proc: psutil.Process) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("recipe")
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("recipe", help="recipe path or packaged name")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=3)
@@ -63,7 +73,7 @@ def main() -> None:
         next_step = {mode: 0 for mode in trainers}
         for mode, trainer in trainers.items():  # warm-up (allocator, first-touch), untimed
             for _ in range(args.warmup):
-                trainer._train_step(next_step[mode])
+                trainer.optimize(next_step[mode], trainer.make_batches(next_step[mode]))
                 next_step[mode] += 1
             if trainer.stream is not None:
                 trainer.stream.close()
@@ -72,7 +82,7 @@ def main() -> None:
             for mode, trainer in trainers.items():
                 cpu0, t0 = _cpu_seconds(proc), time.perf_counter()
                 for _ in range(args.steps):
-                    trainer._train_step(next_step[mode])
+                    trainer.optimize(next_step[mode], trainer.make_batches(next_step[mode]))
                     next_step[mode] += 1
                 wall, cpu = time.perf_counter() - t0, _cpu_seconds(proc) - cpu0
                 if trainer.stream is not None:

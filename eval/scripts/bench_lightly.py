@@ -1,5 +1,13 @@
 """SimCLR training throughput: selfsup versus LightlySSL, alternating in one process.
 
+Measures images/s of the same SimCLR training step in both libraries, end to end (data, views,
+model) and model only (pre-made views), and their ratios: ours / LightlySSL and end to end / model
+only. Run from the repository root (CIFAR-10 JPEG unzipped to /tmp/cifar10-jpeg)::
+
+    python eval/scripts/bench_lightly.py --train /tmp/cifar10-jpeg/train --rounds 5 --steps 8 --warmup 2
+
+Results: eval/results/speed-cpu-2026-11-21.md, eval/results/speed-cpu-2026-11-22.md.
+
 Both sides train SimCLR with the same ResNet-18 (standard stem), batch, augmentation recipe,
 loss temperature, projection head size and optimizer (SGD, momentum 0.9) on the same
 ImageFolder split:
@@ -11,15 +19,13 @@ ImageFolder split:
   per-image augmentation in ``--workers`` worker processes, default: one per core).
 * selfsup: the :class:`selfsup.engine.trainer.Trainer` built from the recipe (timm's ``resnet18``,
   the same architecture as torchvision's), data decoded once into one uint8 tensor, views made
-  batched on the device; ``optimize(step, make_batches(step))`` per step.
+  batched on the device; ``Trainer.optimize(step, Trainer.make_batches(step))`` per step (public API).
 
 Rounds alternate the phases (LightlySSL end to end, ours end to end, ours model only,
 LightlySSL model only), so a shared, noisy machine slows all of them alike; ratios are
 medians of per-round ratios. Each LightlySSL round opens a fresh DataLoader iterator and
 runs ``--warmup`` untimed steps first, so its workers neither steal CPU from our rounds nor
 hand it batches prepared during them.
-
-    python eval/bench_lightly.py --train /tmp/cifar10-jpeg/train --rounds 5
 
 Needs the ``bench`` extra (``pip install -e '.[bench]'``, i.e. ``lightly``). Prints one line
 per round and phase, then one JSON line.
@@ -38,14 +44,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train", default="/tmp/cifar10-jpeg/train", help="ImageFolder training split")
-    p.add_argument("--recipe", default=str(ROOT / "recipes" / "simclr-cifar10.yaml"))
+    p.add_argument("--recipe", default="simclr-cifar10", help="recipe path or packaged name")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--small-stem", action="store_true", help="3x3 stride-1 stem, no max-pool (both sides)")
     p.add_argument("--workers", type=int, default=cores, help="LightlySSL DataLoader workers (default: cores)")
@@ -62,12 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_ours(args: argparse.Namespace):
     """The selfsup Trainer for the recipe on ``args.train`` (its val split is not loaded)."""
-    from selfsup.config import load_config
-    from selfsup.data import open_split
-    from selfsup.engine.build import build_method, make_accelerator
-    from selfsup.engine.trainer import Trainer
+    from selfsup import Trainer, build_method, load_config, open_split
+    from selfsup.engine.build import make_accelerator
 
-    overrides = [f"data.name=imagefolder", f"data.train={args.train}", f"backbone.name=resnet18",
+    overrides = ["data.name=imagefolder", f"data.train={args.train}", "backbone.name=resnet18",
                  f"backbone.small_stem={str(args.small_stem).lower()}", f"trainer.batch_size={args.batch_size}",
                  *args.overrides]
     cfg = load_config(args.recipe, overrides)
@@ -95,7 +97,7 @@ class LightlySimCLR(nn.Module):
         from lightly.models.modules import SimCLRProjectionHead
 
         if selfsup_backbone:
-            from selfsup.models.backbones import create_backbone
+            from selfsup import create_backbone
             backbone = create_backbone("resnet18", small_stem=small_stem)
         else:
             backbone = torchvision.models.resnet18()

@@ -1,6 +1,12 @@
 """Wall-clock timings of the frozen-feature protocols on this machine: kNN and the linear probe.
 
-    OMP_NUM_THREADS=2 .venv/bin/python eval/time_protocols.py --out eval/results/eval-timings-cpu-DATE.md
+Measures the seconds of one kNN search (faiss exact, faiss IVF, torch) and of each linear-probe
+solver (SGD softmax / hinge sweeps with refit, L-BFGS) on CIFAR-10-sized synthetic features, and
+prints (``--out``: also writes) a markdown table. Run from the repository root::
+
+    OMP_NUM_THREADS=2 python eval/scripts/time_protocols.py --out eval/results/eval-timings-cpu-DATE.md
+
+Results: eval/results/eval-timings-cpu-2026-11-22.md.
 
 Features are synthetic stand-ins of CIFAR-10's sizes (50k x 512 train, 10k x 512 test, 10
 classes): overlapping Gaussian class clusters mixed by a random linear map and passed through
@@ -20,8 +26,7 @@ import time
 
 import torch
 
-from selfsup.evaluation.knn import knn_classify
-from selfsup.evaluation.linear import linear_probe
+from selfsup import knn_classify, linear_probe
 
 
 def features(n_train: int, n_test: int, dim: int, classes: int, seed: int = 0):
@@ -90,9 +95,9 @@ def main() -> int:
         f"{torch.get_num_threads()} threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
         f"Python {platform.python_version()}.",
         f"Features: synthetic, train {args.n_train} x {args.dim}, test {args.n_test} x {args.dim}, 10 classes "
-        "(see eval/time_protocols.py's docstring).",
+        "(see eval/scripts/time_protocols.py's docstring).",
         "",
-        "Command: `" + " ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", ""), ".venv/bin/python",
+        "Command: `" + " ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", ""), "python",
                                  *sys.argv]) + "`",
         "",
         "| protocol | wall time (s) | result | note |",

@@ -1,23 +1,33 @@
 """Quality for speed: LightlySSL's SimCLR trained with our recipe, evaluated with our kNN protocol.
 
-Trains the model of ``eval/bench_lightly.py`` (LightlySSL's ``SimCLRTransform`` through a
+Measures kNN top-1 (k = 20 and 200) of LightlySSL's SimCLR after ``trainer.epochs`` of our
+schedule, optionally with one of its parts swapped for ours (the switches below), to compare
+with ``selfsup train`` on the same recipe. Results: eval/results/quality-vs-lightly-cpu-2026-11-22.md,
+eval/results/speed-cpu-2026-11-21.md (last section). Needs the ``bench`` extra (``lightly``).
+
+Trains the model of ``eval/scripts/bench_lightly.py`` (LightlySSL's ``SimCLRTransform`` through a
 torch DataLoader of PIL images, ``SimCLRProjectionHead``, ``NTXentLoss``, torchvision resnet18)
-for ``--epochs`` with the recipe's schedule: SGD (momentum), peak lr = lr x batch / 256, linear
+for ``trainer.epochs`` with the recipe's schedule: SGD (momentum), peak lr = lr x batch / 256, linear
 warm-up then cosine (``selfsup.core.schedules.warmup_cosine``), weight decay on weights only (our
 ``selfsup.engine.optim.param_groups``). The backbone is then evaluated exactly as ``selfsup eval``
 evaluates ours (frozen features, weighted kNN, k = 20 and 200). Compare with
 
-    selfsup train recipes/simclr-cifar10.yaml data.name=imagefolder data.train=... data.val=... \\
+    selfsup train simclr-cifar10 data.name=imagefolder data.train=... data.val=... \\
         backbone.name=resnet18 backbone.small_stem=false trainer.batch_size=256 \\
         trainer.epochs=2 trainer.warmup_epochs=0.2
 
-Run:  python eval/knn_lightly.py --train /tmp/cifar10-jpeg/train --val /tmp/cifar10-jpeg/test
-      trainer.epochs=2 trainer.warmup_epochs=0.2     (overrides as for selfsup train)
+Run from the repository root (overrides as for ``selfsup train``)::
+
+    python eval/scripts/knn_lightly.py --train /tmp/cifar10-jpeg/train --val /tmp/cifar10-jpeg/test \\
+        [--selfsup-backbone] [--selfsup-views [--trainer-seeding]] [--joint-forward] \\
+        trainer.epochs=2 trainer.warmup_epochs=0.2
+
 Prints one JSON line.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -25,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lightly import ROOT, build_lightly, lightly_step  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_lightly.py, the script beside this one
+from bench_lightly import build_lightly, lightly_step
 
 
 class selfsup_view_batches:
@@ -34,8 +44,7 @@ class selfsup_view_batches:
     in a fresh seeded permutation each epoch (last partial batch dropped, as the DataLoader)."""
 
     def __init__(self, cfg, data, batch_size: int, trainer_seeding: bool = False):
-        from selfsup.data.augment import ViewMaker
-        from selfsup.engine.build import build_method
+        from selfsup import ViewMaker, build_method
         from selfsup.engine.trainer import EpochSampler
 
         self.views = ViewMaker(build_method(cfg, data).views, data.mean, data.std)
@@ -64,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train", default="/tmp/cifar10-jpeg/train")
     p.add_argument("--val", default="/tmp/cifar10-jpeg/test")
-    p.add_argument("--recipe", default=str(ROOT / "recipes" / "simclr-cifar10.yaml"))
+    p.add_argument("--recipe", default="simclr-cifar10", help="recipe path or packaged name")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--small-stem", action="store_true")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores)")
@@ -79,14 +88,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --selfsup-views: the Trainer's data order and per-step view seeds")
     p.add_argument("overrides", nargs="*", help="selfsup config overrides (trainer.epochs=2 ...)")
     args = p.parse_args(argv)
+    if importlib.util.find_spec("lightly") is None:
+        print("knn_lightly: LightlySSL is not installed: pip install -e '.[bench]'", file=sys.stderr)
+        return 2
 
-    from selfsup.config import load_config
+    from selfsup import evaluate, load_config, open_split
     from selfsup.core.schedules import scaled_lr, warmup_cosine
-    from selfsup.data import open_split
     from selfsup.engine.optim import param_groups
-    from selfsup.evaluation.protocols import evaluate
 
-    cfg = load_config(args.recipe, [f"data.name=imagefolder", f"data.train={args.train}", f"data.val={args.val}",
+    cfg = load_config(args.recipe, ["data.name=imagefolder", f"data.train={args.train}", f"data.val={args.val}",
                                     "backbone.name=resnet18", f"backbone.small_stem={str(args.small_stem).lower()}",
                                     f"trainer.batch_size={args.batch_size}", *args.overrides])
     if args.workers is None:
