@@ -11,21 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from selfsup.config.schema import Config, MethodConfig, config_to_dict
+from selfsup.config.schema import Config, config_to_dict, field_bounds
 from selfsup.core.errors import ConfigError, DataError
-
-_AT_LEAST_ONE = ("trainer.epochs", "trainer.max_steps", "trainer.batch_size", "trainer.grad_accum",
-                 "trainer.checkpoint_every", "trainer.log_every", "data.image_size", "data.num_samples",
-                 "data.num_classes", "eval.batch_size")
-_AT_LEAST_ZERO = ("trainer.lr", "trainer.warmup_epochs", "trainer.weight_decay", "trainer.keep_checkpoints",
-                  "trainer.seed", "data.in_memory_max_gb")
-
-
-def _value(cfg: Config, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -40,22 +27,18 @@ def _fail(key: str, value: Any, rule: str) -> ConfigError:
 
 
 def validate_config(cfg: Config) -> Config:
-    """Check the ranges of ``cfg``'s values (sizes >= 1, rates >= 0, finite numbers, ...); returns ``cfg``."""
+    """Check the ranges of ``cfg``'s values (finite numbers, the bounds every field declares with
+    :func:`~selfsup.config.schema.bounded`, and the rules below); returns ``cfg``."""
     for key, value in _flat(config_to_dict(cfg)).items():
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             raise _fail(key, value, "a finite number")
-    for key in _AT_LEAST_ONE:
-        if (value := _value(cfg, key)) is not None and value < 1:
-            raise _fail(key, value, ">= 1")
-    for key in _AT_LEAST_ZERO:
-        if (value := _value(cfg, key)) < 0:
-            raise _fail(key, value, ">= 0")
+    for f in dataclasses.fields(cfg):  # the core sections; the method section is checked last
+        if f.name != "method" and dataclasses.is_dataclass(section := getattr(cfg, f.name)):
+            _check_bounds(section, f"{f.name}.")
     t, e = cfg.trainer, cfg.eval
     if t.min_lr > 1:
         raise _fail("trainer.min_lr", t.min_lr, "in [0, 1] (a fraction of the peak learning rate)")
-    if not 0 <= t.momentum < 1:
-        raise _fail("trainer.momentum", t.momentum, "in [0, 1)")
     if cfg.data.workers is not None and cfg.data.workers < 0:
         raise _fail("data.workers", cfg.data.workers, ">= 0 (or null: one per CPU core)")
     if cfg.data.streaming == "always" and cfg.data.name != "imagefolder":
@@ -65,32 +48,21 @@ def validate_config(cfg: Config) -> Config:
         raise _fail("trainer.lars_trust_coefficient", t.lars_trust_coefficient, "> 0 (LARS's eta, e.g. 0.001 or 0.02)")
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise _fail("trainer.grad_clip", t.grad_clip, "> 0 (or null for no clipping)")
-    if e.knn_temperature <= 0:
-        raise _fail("eval.knn_temperature", e.knn_temperature, "> 0")
     if not e.knn_k or min(e.knn_k) < 1:
         raise _fail("eval.knn_k", e.knn_k, "a non-empty list of integers >= 1")
-    _validate_method(cfg.method)
+    _check_bounds(cfg.method, "method.")  # what a method checks beyond its fields' bounds, it checks itself
     return cfg
 
 
-def _validate_method(method: MethodConfig) -> None:
-    """Rules every method's keys share by name: sizes, dimensions, temperatures, probabilities,
-    momenta and crop scales. A method checks anything more specific itself."""
-    for f in dataclasses.fields(method):
-        key, value = f"method.{f.name}", getattr(method, f.name)
-        if value is None or isinstance(value, (bool, str)):
-            continue
-        name = f.name
-        if name.endswith("_size") and value < 1:
-            raise _fail(key, value, ">= 1")
-        if (name.endswith(("_dim", "_layers")) or name.startswith("num_")) and value < 0:
-            raise _fail(key, value, ">= 0")
-        if name.endswith(("temp", "temperature", "_lr_scale")) and value <= 0:
-            raise _fail(key, value, "> 0")
-        if (name.endswith("_p") or "momentum" in name) and not 0 <= value <= 1:
-            raise _fail(key, value, "in [0, 1]")
-        if name.endswith("crop_scale") and not 0 < value[0] <= value[1] <= 1:
-            raise _fail(key, list(value), "[low, high] with 0 < low <= high <= 1")
+def _check_bounds(section: Any, prefix: str) -> None:
+    """Every field of a config section (and of its sub-sections) against the bounds it declares
+    (:func:`~selfsup.config.schema.bounded`); a ``None`` value and a field without bounds pass."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_bounds(value, f"{prefix}{f.name}.")
+        elif (bounds := field_bounds(f)) is not None and value is not None and not bounds.admits(value):
+            raise _fail(prefix + f.name, list(value) if bounds.pair else value, bounds.describe())
 
 
 def validate_paths(cfg: Config, run_dir: Path) -> None:
@@ -124,8 +96,9 @@ def validate_run(cfg: Config, *, num_images: int, image_hw: tuple[int, int], pro
                           f"{cfg.method.name} needs at least {min_batch_size}")
     if t.batch_size > num_images:
         raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than the dataset ({num_images} images)")
-    local = getattr(cfg.method, "local_crop_size", None)  # a local crop is a part of the image
-    if local is not None and local > min(image_hw):
-        raise ConfigError(f"method.local_crop_size={local} is larger than the {image_hw[0]}x{image_hw[1]} images "
-                          f"(use at most {min(image_hw)}, or raise data.image_size)")
+    for f in dataclasses.fields(cfg.method):  # a part of the image (e.g. DINO's local crops) fits in the image
+        side = getattr(cfg.method, f.name)
+        if f.metadata.get("at_most_image_side") and side is not None and side > min(image_hw):
+            raise ConfigError(f"method.{f.name}={side} is larger than the {image_hw[0]}x{image_hw[1]} images "
+                              f"(use at most {min(image_hw)}, or raise data.image_size)")
     return micro

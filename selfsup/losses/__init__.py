@@ -1,7 +1,9 @@
 """Pure loss functions, one module per family, each tested against a slow reference from its paper.
 
 Reduction follows LightlySSL's conventions: mean over samples, a symmetric loss averages its
-two directions, so numbers compare 1:1.
+two directions, so numbers compare 1:1. Each module lists its public losses in ``__all__``; this
+package re-exports them by name (explicitly, so editors and type checkers see them), and
+``tests/losses/test_exports.py`` fails when a module's ``__all__`` is not re-exported here.
 """
 from selfsup.losses.classification import multiclass_hinge
 from selfsup.losses.contrastive import nt_xent
@@ -13,11 +15,14 @@ from selfsup.losses.noncontrastive import (
     byol_loss,
     cross_correlation,
     simsiam_loss,
+    vicreg_covariance,
     vicreg_loss,
     vicreg_terms,
+    vicreg_variance,
 )
 
 __all__ = [
     "barlow_twins_loss", "byol_loss", "cross_correlation", "dcl", "dclw", "dino_loss", "infonce",
-    "multiclass_hinge", "nt_xent", "simsiam_loss", "teacher_entropy", "vicreg_loss", "vicreg_terms",
+    "multiclass_hinge", "nt_xent", "simsiam_loss", "teacher_entropy", "vicreg_covariance", "vicreg_loss",
+    "vicreg_terms", "vicreg_variance",
 ]

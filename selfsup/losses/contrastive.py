@@ -6,6 +6,8 @@ import torch.nn.functional as F
 
 from selfsup.core.distributed import gather_with_grad, rank
 
+__all__ = ["nt_xent"]
+
 
 def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, *, gather: bool = False) -> torch.Tensor:
     """Normalized temperature-scaled cross entropy (SimCLR; Chen et al. 2020, eq. 1 and Alg. 1).

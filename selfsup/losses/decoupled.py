@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from selfsup.core.distributed import gather_with_grad, rank
 from selfsup.losses.contrastive import pair_logits
 
+__all__ = ["dcl", "dclw"]
+
 
 def _decoupled(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, sigma: float | None, gather: bool) -> torch.Tensor:
     """Shared body of :func:`dcl` (``sigma=None``) and :func:`dclw`."""

@@ -10,7 +10,7 @@ Scheduled values (lr, EMA momentum, teacher temperature, ...) arrive precomputed
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -56,6 +56,13 @@ class Method(nn.Module):
     # Default of ``trainer.sync_bn``: with several processes, BN layers normalise with the global
     # batch's statistics, so N processes compute what 1 process computes on the global batch.
     sync_bn_default: ClassVar[bool] = True
+    # Why the method runs the backbone on inputs of another size than the training images (DINO's
+    # local crops, jigsaw's tiles), or None. A backbone built for one input geometry (a sequence
+    # model, a ViT without dynamic_img_size) cannot train such a method; `selfsup list` says so.
+    multi_size: ClassVar[str | None] = None
+    # ``method.*`` overrides for a tiny run that still takes every path of the method (small heads,
+    # e.g. DINO's local crops on): what tests that train every registered method apply.
+    tiny: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: MethodConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
         super().__init__()

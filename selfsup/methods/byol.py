@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from selfsup.config import MethodConfig
+from selfsup.config import MethodConfig, bounded
 from selfsup.data.augment import AugmentSpec
 from selfsup.losses.noncontrastive import byol_loss
 from selfsup.methods.base import LrRule, Method
@@ -44,15 +44,15 @@ def byol_views(
 @dataclass
 class BYOLConfig(MethodConfig):
     name: str = "byol"
-    proj_hidden_dim: int = 4096
-    proj_dim: int = 256
-    pred_hidden_dim: int = 4096
-    momentum_base: float = 0.996  # tau_base; the paper's ImageNet value (0.99 suits short runs)
-    momentum_final: float = 1.0
-    crop_scale: tuple[float, float] = (0.08, 1.0)
+    proj_hidden_dim: int = bounded(4096, ge=0)
+    proj_dim: int = bounded(256, ge=0)
+    pred_hidden_dim: int = bounded(4096, ge=0)
+    momentum_base: float = bounded(0.996, ge=0, le=1)  # tau_base; the paper's ImageNet value (0.99 suits short runs)
+    momentum_final: float = bounded(1.0, ge=0, le=1)
+    crop_scale: tuple[float, float] = bounded((0.08, 1.0), gt=0, le=1, pair=True)
     blur: bool | None = None  # None: blur when the images are 64 px or larger
     # Multiplies the predictor's lr (the predictor's relative lr: Tian et al. 2021, arXiv:2102.06810).
-    predictor_lr_scale: float = 1.0
+    predictor_lr_scale: float = bounded(1.0, gt=0)
 
 
 @register_method("byol")
@@ -61,6 +61,7 @@ class BYOL(Method):
 
     config_class = BYOLConfig
     min_batch_size = 2  # the projector's BatchNorm needs a batch
+    tiny = {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 32}
     paper = "Grill et al. 2020, arXiv:2006.07733"
 
     def __init__(self, cfg: BYOLConfig, backbone, image_size: int, num_classes: int = 0):

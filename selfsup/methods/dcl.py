@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.config import MethodConfig
+from selfsup.config import MethodConfig, bounded
 from selfsup.data.augment import AugmentSpec
 from selfsup.losses.decoupled import dcl, dclw
 from selfsup.methods.base import Method
@@ -23,10 +23,10 @@ from selfsup.models.heads import ProjectionHead
 @dataclass
 class DCLConfig(MethodConfig):
     name: str = "dcl"
-    temperature: float = 0.1  # the paper's default for DCL (and the authors' code)
-    proj_hidden_dim: int = 2048
-    proj_dim: int = 128
-    crop_scale: tuple[float, float] = (0.08, 1.0)
+    temperature: float = bounded(0.1, gt=0)  # the paper's default for DCL (and the authors' code)
+    proj_hidden_dim: int = bounded(2048, ge=0)
+    proj_dim: int = bounded(128, ge=0)
+    crop_scale: tuple[float, float] = bounded((0.08, 1.0), gt=0, le=1, pair=True)
     color_strength: float = 0.5  # SimCLR's s: jitter 0.8 s, hue 0.2 s
     blur: bool | None = None  # None: blur when the images are 64 px or larger (SimCLR's CIFAR recipe skips it)
     proj_last_bn: bool = True  # BN on the head's output, as SimCLR's released code, on which DCL's builds
@@ -42,6 +42,7 @@ class _Decoupled(Method):
     """SimCLR-style two-view pipeline shared by DCL and DCLW; subclasses choose the loss."""
 
     min_batch_size = 2  # an anchor needs at least one negative besides its positive
+    tiny = {"proj_hidden_dim": 32, "proj_dim": 16}
     paper = "Yeh et al. 2022, Decoupled Contrastive Learning, ECCV (arXiv:2110.06848)"
 
     def __init__(self, cfg: DCLConfig, backbone, image_size: int, num_classes: int = 0):

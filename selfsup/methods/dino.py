@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from selfsup.config import MethodConfig
+from selfsup.config import MethodConfig, bounded
 from selfsup.core.distributed import all_reduce_mean
 from selfsup.core.errors import ConfigError
 from selfsup.data.augment import AugmentSpec
@@ -38,24 +38,26 @@ from selfsup.models.ema import ema_update, frozen_copy, momentum_schedule
 @dataclass
 class DINOConfig(MethodConfig):
     name: str = "dino"
-    out_dim: int = 4096  # K; 65536 on ImageNet, 4096 is plenty for 10-100 classes at 32 px
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
+    out_dim: int = bounded(4096, ge=0)  # K; 65536 on ImageNet, 4096 is plenty for 10-100 classes at 32 px
+    hidden_dim: int = bounded(2048, ge=0)
+    bottleneck_dim: int = bounded(256, ge=0)
     use_bn_in_head: bool = False
     norm_last_layer: bool = True  # fix the weight-norm gain g to 1 (stabler; the paper's ViT-S default)
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07  # reached after the warm-up
-    warmup_teacher_temp: float = 0.04
+    student_temp: float = bounded(0.1, gt=0)
+    teacher_temp: float = bounded(0.07, gt=0)  # reached after the warm-up
+    warmup_teacher_temp: float = bounded(0.04, gt=0)
     warmup_teacher_temp_epochs: float = 30.0
-    center_momentum: float = 0.9
-    momentum_teacher: float = 0.996  # cosine to 1 over training
+    center_momentum: float = bounded(0.9, ge=0, le=1)
+    momentum_teacher: float = bounded(0.996, ge=0, le=1)  # cosine to 1 over training
     freeze_last_layer_epochs: float = 1.0  # no gradient to the last head layer during these epochs
-    num_local_crops: int = 6  # 8 in the paper at 224 px (then 10 crops per image)
-    local_crop_size: int | None = None  # None: half the image side (96/224 in the paper)
-    global_crop_scale: tuple[float, float] = (0.4, 1.0)  # (0.14, 1) when num_local_crops=0
-    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    num_local_crops: int = bounded(6, ge=0)  # 8 in the paper at 224 px (then 10 crops per image)
+    # None: half the image side (96/224 in the paper)
+    local_crop_size: int | None = bounded(None, ge=1, at_most_image_side=True)
+    # (0.14, 1) when num_local_crops=0
+    global_crop_scale: tuple[float, float] = bounded((0.4, 1.0), gt=0, le=1, pair=True)
+    local_crop_scale: tuple[float, float] = bounded((0.05, 0.4), gt=0, le=1, pair=True)
     blur: bool | None = None  # None: blur only from 64 px up (a 3x3 kernel at 32 px mostly smears)
-    solarize_p: float = 0.2  # on the second global crop
+    solarize_p: float = bounded(0.2, ge=0, le=1)  # on the second global crop
 
 
 class DINOHead(nn.Module):
@@ -97,6 +99,9 @@ class DINOHead(nn.Module):
 class DINO(Method):
     config_class = DINOConfig
     min_batch_size = 1  # no batch statistics in the loss; the centre averages over steps
+    multi_size = "local crops; method.num_local_crops=0 lifts it"
+    tiny = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "use_bn_in_head": True, "num_local_crops": 2,
+            "freeze_last_layer_epochs": 0.0}
     paper = "Caron et al. 2021, ICCV, arXiv:2104.14294"
 
     def __init__(self, cfg: DINOConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.config import MethodConfig
+from selfsup.config import MethodConfig, bounded
 from selfsup.core.distributed import rank, world_size
 from selfsup.core.errors import ConfigError
 from selfsup.data.augment import AugmentSpec
@@ -102,16 +102,18 @@ def shuffle_tiles(tiles: Tensor, perms: Tensor) -> Tensor:
 @dataclass
 class JigsawConfig(MethodConfig):
     name: str = "jigsaw"
-    num_permutations: int = 100  # classes of the pretext task (the paper's best: 1000 on ImageNet)
+    num_permutations: int = bounded(100, ge=0)  # classes of the pretext task (the paper's best: 1000 on ImageNet)
     perm_min_distance: int = 5  # Hamming floor of the set (2: Algorithm 1 as published)
     perm_seed: int = 0  # picks the set's first permutation (the set is cached per seed)
-    crop_size: int | None = None  # puzzle side in px; None: the image side; larger upsamples the crop
-    tile_size: int | None = None  # None: round(cell * 64 / 75), the paper's tile / cell ratio
+    crop_size: int | None = bounded(None, ge=1)  # puzzle side in px; None: the image side; larger upsamples the crop
+    tile_size: int | None = bounded(None, ge=1)  # None: round(cell * 64 / 75), the paper's tile / cell ratio
     jitter: bool = True  # random tile position inside its cell; false: centred
-    crop_scale: tuple[float, float] = (0.6, 1.0)  # random resized crop of the image to the puzzle
-    hflip_p: float = 0.5
-    grayscale_p: float = 0.3  # greyscale crops against chromatic-aberration cues (the share is ours)
-    head_hidden_dim: int = 1024  # the MLP over the 9 concatenated tile features (the paper's fc7)
+    # random resized crop of the image to the puzzle
+    crop_scale: tuple[float, float] = bounded((0.6, 1.0), gt=0, le=1, pair=True)
+    hflip_p: float = bounded(0.5, ge=0, le=1)
+    # greyscale crops against chromatic-aberration cues (the share is ours)
+    grayscale_p: float = bounded(0.3, ge=0, le=1)
+    head_hidden_dim: int = bounded(1024, ge=0)  # the MLP over the 9 concatenated tile features (the paper's fc7)
 
 
 @register_method("jigsaw")
@@ -120,6 +122,8 @@ class Jigsaw(Method):
 
     config_class = JigsawConfig
     min_batch_size = 2  # the classifier MLP has BatchNorm over the puzzles of the batch
+    multi_size = "3x3 tiles"
+    tiny = {"num_permutations": 10, "head_hidden_dim": 32}
     paper = "Noroozi & Favaro, ECCV 2016, arXiv:1603.09246"
     sync_bn_default = False  # a per-sample loss: per-process BN statistics, as in the paper's multi-GPU training
 

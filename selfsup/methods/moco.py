@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.config import MethodConfig
+from selfsup.config import MethodConfig, bounded
 from selfsup.core.distributed import gather_no_grad, rank, world_size
 from selfsup.core.errors import ConfigError
 from selfsup.data.augment import AugmentSpec
@@ -45,17 +45,19 @@ from selfsup.models.heads import ProjectionHead
 @dataclass
 class MoCoConfig(MethodConfig):
     name: str = "moco"
-    temperature: float = 0.2  # MoCo v2 (v1: 0.07)
-    queue_size: int = 4096  # K; 65536 on ImageNet, 4096 in the authors' CIFAR demo
-    proj_hidden_dim: int = 2048
-    proj_dim: int = 128
-    momentum_base: float = 0.99  # key-encoder EMA momentum at step 0 (0.999 in the paper's 800k-step runs)
-    momentum_final: float = 1.0  # cosine increase to this at the last step (= momentum_base: constant)
+    temperature: float = bounded(0.2, gt=0)  # MoCo v2 (v1: 0.07)
+    queue_size: int = bounded(4096, ge=1)  # K; 65536 on ImageNet, 4096 in the authors' CIFAR demo
+    proj_hidden_dim: int = bounded(2048, ge=0)
+    proj_dim: int = bounded(128, ge=0)
+    # key-encoder EMA momentum at step 0 (0.999 in the paper's 800k-step runs)
+    momentum_base: float = bounded(0.99, ge=0, le=1)
+    # cosine increase to this at the last step (= momentum_base: constant)
+    momentum_final: float = bounded(1.0, ge=0, le=1)
     symmetric: bool = False  # both views as queries, loss averaged (MoCo v2 is asymmetric)
     shuffle_bn: bool = True  # key-encoder BN over random groups of the global batch
     bn_splits: int = 8  # number of those groups over the global batch
     head_bn: bool = False  # BN after the head's hidden and output layers (MoCo v3's projector, arXiv:2104.02057; v2 has none)
-    crop_scale: tuple[float, float] = (0.2, 1.0)  # MoCo v2's augmentation
+    crop_scale: tuple[float, float] = bounded((0.2, 1.0), gt=0, le=1, pair=True)  # MoCo v2's augmentation
     blur: bool | None = None  # None: blur when the images are 64 px or larger (as SimCLR on CIFAR)
 
 
@@ -91,6 +93,7 @@ class MoCo(Method):
 
     config_class = MoCoConfig
     min_batch_size = 2  # BN over a single image is degenerate
+    tiny = {"proj_hidden_dim": 32, "proj_dim": 16, "queue_size": 40}  # a queue that a few steps wrap around
     paper = "He et al. 2020, arXiv:1911.05722 (MoCo); Chen et al. 2020, arXiv:2003.04297 (MoCo v2)"
 
     def __init__(self, cfg: MoCoConfig, backbone, image_size: int, num_classes: int = 0):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.config import MethodConfig
+from selfsup.config import MethodConfig, bounded
 from selfsup.core.errors import ConfigError
 from selfsup.data.augment import AugmentSpec
 from selfsup.methods.base import Method
@@ -50,11 +50,11 @@ def rotate_batch(x: Tensor) -> tuple[Tensor, Tensor]:
 class RotationConfig(MethodConfig):
     name: str = "rotation"
     # One mildly augmented view per image (the paper: random crops and flips, no colour).
-    crop_scale: tuple[float, float] = (0.6, 1.0)
-    hflip_p: float = 0.5
+    crop_scale: tuple[float, float] = bounded((0.6, 1.0), gt=0, le=1, pair=True)
+    hflip_p: float = bounded(0.5, ge=0, le=1)
     # 0: a linear 4-way classifier on the pooled features; > 0: Linear-BN-ReLU-Linear with this
     # hidden width (the paper's ConvNet keeps its top layers as part of the rotation classifier).
-    head_hidden_dim: int = 0
+    head_hidden_dim: int = bounded(0, ge=0)
 
 
 @register_method("rotation")
@@ -63,6 +63,7 @@ class Rotation(Method):
 
     config_class = RotationConfig
     min_batch_size = 1  # four rotated copies per image: the classifier's BN always sees >= 4
+    tiny = {"head_hidden_dim": 32}  # the MLP head, with its BatchNorm
     paper = "Gidaris, Singh, Komodakis, ICLR 2018, arXiv:1803.07728"
     sync_bn_default = False  # a per-sample loss: per-process BN statistics, as in the paper's multi-GPU training
 

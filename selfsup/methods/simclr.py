@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.config import MethodConfig
+from selfsup.config import MethodConfig, bounded
 from selfsup.data.augment import AugmentSpec
 from selfsup.losses import nt_xent
 from selfsup.methods.base import Method
@@ -29,10 +29,10 @@ def simclr_views(size: int, cfg) -> list[tuple[AugmentSpec, int]]:
 @dataclass
 class SimCLRConfig(MethodConfig):
     name: str = "simclr"
-    temperature: float = 0.5
-    proj_hidden_dim: int = 2048
-    proj_dim: int = 128
-    crop_scale: tuple[float, float] = (0.08, 1.0)
+    temperature: float = bounded(0.5, gt=0)
+    proj_hidden_dim: int = bounded(2048, ge=0)
+    proj_dim: int = bounded(128, ge=0)
+    crop_scale: tuple[float, float] = bounded((0.08, 1.0), gt=0, le=1, pair=True)
     color_strength: float = 0.5  # s in the paper: jitter 0.8 s, hue 0.2 s (1.0 on ImageNet, 0.5 on CIFAR)
     blur: bool | None = None  # None: blur when the images are 64 px or larger (the paper skips it on CIFAR)
     proj_last_bn: bool = True  # BN on the head's output, as SimCLR's released code (see heads.ProjectionHead)
@@ -42,6 +42,7 @@ class SimCLRConfig(MethodConfig):
 class SimCLR(Method):
     config_class = SimCLRConfig
     min_batch_size = 2  # a pair needs at least one negative
+    tiny = {"proj_hidden_dim": 32, "proj_dim": 16}
     paper = "Chen et al. 2020, arXiv:2002.05709"
 
     def __init__(self, cfg: SimCLRConfig, backbone, image_size: int, num_classes: int = 0):

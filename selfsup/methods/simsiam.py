@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from selfsup.config import MethodConfig
+from selfsup.config import MethodConfig, bounded
 from selfsup.data.augment import AugmentSpec
 from selfsup.losses.noncontrastive import simsiam_loss
 from selfsup.methods.base import LrRule, Method
@@ -27,11 +27,11 @@ from selfsup.models.heads import ProjectionHead
 @dataclass
 class SimSiamConfig(MethodConfig):
     name: str = "simsiam"
-    proj_hidden_dim: int = 2048
-    proj_dim: int = 2048
-    proj_layers: int = 3  # ImageNet: 3; the paper's CIFAR variant: 2 (both end in a BN without affine)
-    pred_hidden_dim: int = 512  # the bottleneck: a quarter of proj_dim
-    crop_scale: tuple[float, float] = (0.2, 1.0)  # MoCo v2's augmentation, as the paper
+    proj_hidden_dim: int = bounded(2048, ge=0)
+    proj_dim: int = bounded(2048, ge=0)
+    proj_layers: int = bounded(3, ge=0)  # ImageNet: 3; the paper's CIFAR variant: 2 (both end in a BN without affine)
+    pred_hidden_dim: int = bounded(512, ge=0)  # the bottleneck: a quarter of proj_dim
+    crop_scale: tuple[float, float] = bounded((0.2, 1.0), gt=0, le=1, pair=True)  # MoCo v2's augmentation, as the paper
     blur: bool | None = None  # None: blur when the images are 64 px or larger
     predictor_fixed_lr: bool = False  # True: the predictor's lr stays at the peak (sec. 4.2)
 
@@ -42,6 +42,7 @@ class SimSiam(Method):
 
     config_class = SimSiamConfig
     min_batch_size = 2  # BatchNorm in the heads needs a batch
+    tiny = {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 32}
     paper = "Chen & He 2021, arXiv:2011.10566"
 
     def __init__(self, cfg: SimSiamConfig, backbone, image_size: int, num_classes: int = 0):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.config import MethodConfig
+from selfsup.config import MethodConfig, bounded
 from selfsup.core.errors import ConfigError
 from selfsup.data.augment import AugmentSpec
 from selfsup.losses import multiclass_hinge
@@ -33,8 +33,9 @@ class SupervisedConfig(MethodConfig):
     label_smoothing: float = 0.0  # cross_entropy only
     margin: float = 1.0  # hinge only
     dropout: float = 0.0  # on the features, before the linear head
-    crop_scale: tuple[float, float] = (0.35, 1.0)  # random resized crop; (1, 1) keeps the whole image
-    hflip_p: float = 0.5  # 0 for data that is not mirror-symmetric (digits)
+    # random resized crop; (1, 1) keeps the whole image
+    crop_scale: tuple[float, float] = bounded((0.35, 1.0), gt=0, le=1, pair=True)
+    hflip_p: float = bounded(0.5, ge=0, le=1)  # 0 for data that is not mirror-symmetric (digits)
 
 
 @register_method("supervised")

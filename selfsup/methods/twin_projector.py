@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.config import MethodConfig
+from selfsup.config import MethodConfig, bounded
 from selfsup.data.augment import AugmentSpec
 from selfsup.methods.base import Method
 from selfsup.methods.byol import byol_views
@@ -21,10 +21,10 @@ from selfsup.models.heads import ProjectionHead
 
 @dataclass
 class TwinProjectorConfig(MethodConfig):
-    proj_hidden_dim: int = 2048  # the papers' 8192 is for ResNet-50 on ImageNet
-    proj_dim: int = 2048
-    proj_layers: int = 3
-    crop_scale: tuple[float, float] = (0.08, 1.0)
+    proj_hidden_dim: int = bounded(2048, ge=0)  # the papers' 8192 is for ResNet-50 on ImageNet
+    proj_dim: int = bounded(2048, ge=0)
+    proj_layers: int = bounded(3, ge=0)
+    crop_scale: tuple[float, float] = bounded((0.08, 1.0), gt=0, le=1, pair=True)
     blur: bool | None = None  # None: blur when the images are 64 px or larger
 
 
@@ -32,6 +32,7 @@ class TwinProjectorMethod(Method):
     """Backbone + projector over BYOL's two views; subclasses add the loss."""
 
     min_batch_size = 2  # statistics along the batch need at least two samples
+    tiny = {"proj_hidden_dim": 32, "proj_dim": 16}
 
     def __init__(self, cfg: TwinProjectorConfig, backbone, image_size: int, num_classes: int = 0):
         super().__init__(cfg, backbone, image_size, num_classes)
