@@ -11,60 +11,139 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The range a config value must lie in, declared on its field with :func:`bounded` and checked
+    by :func:`~selfsup.config.checks.validate_config` (``None`` values are not checked).
+
+    ``ge`` / ``gt`` bound it from below (closed / open), ``le`` / ``lt`` from above. ``pair``: the
+    value is ``[low, high]`` with ``low <= high``, both inside the bounds (a crop-scale range).
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    pair: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.ge is not None and self.gt is not None) or (self.le is not None and self.lt is not None):
+            raise ValueError("a bound is closed (ge / le) or open (gt / lt), not both")
+        if self.pair and (self.lower is None or self.upper is None):
+            raise ValueError("a [low, high] pair needs a lower and an upper bound")
+
+    @property
+    def lower(self) -> float | None:
+        return self.gt if self.gt is not None else self.ge
+
+    @property
+    def upper(self) -> float | None:
+        return self.lt if self.lt is not None else self.le
+
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` (a number, or a ``[low, high]`` pair when ``pair``) lies in the bounds."""
+        if self.pair:
+            return self._admits_one(value[0]) and self._admits_one(value[1]) and value[0] <= value[1]
+        return self._admits_one(value)
+
+    def _admits_one(self, v: float) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def describe(self) -> str:
+        """The rule as the error message says it: ``>= 1``, ``> 0``, ``in [0, 1]``, ``in [0, 1)``, ..."""
+        low_op, high_op = ("<" if self.gt is not None else "<="), ("<" if self.lt is not None else "<=")
+        if self.pair:
+            return f"[low, high] with {self.lower} {low_op} low <= high {high_op} {self.upper}"
+        if self.lower is not None and self.upper is not None:
+            left, right = ("(" if self.gt is not None else "["), (")" if self.lt is not None else "]")
+            return f"in {left}{self.lower}, {self.upper}{right}"
+        if self.lower is not None:
+            return f"{low_op.replace('<', '>')} {self.lower}"
+        return f"{high_op} {self.upper}"
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None, pair: bool = False, **metadata: Any) -> Any:
+    """A dataclass field whose value is checked against a range when a config is loaded.
+
+    ``proj_dim: int = bounded(128, ge=0)``, ``momentum: float = bounded(0.99, ge=0, le=1)``,
+    ``crop_scale: tuple[float, float] = bounded((0.08, 1.0), gt=0, le=1, pair=True)``. Further
+    keyword arguments go into the field's metadata as they are: ``help="..."`` (docs/config.md), or
+    ``at_most_image_side=True``: the value may not exceed the shorter side of the training images
+    (checked by ``validate_run`` once the data is known). A field without bounds is not range-checked.
+    """
+    return field(default=default, metadata={"bounds": Bounds(ge, gt, le, lt, pair), **metadata})
+
+
+def field_bounds(f: dataclasses.Field) -> Bounds | None:
+    """The :class:`Bounds` declared on a dataclass field, or ``None``."""
+    return f.metadata.get("bounds")
+
+
 @dataclass
 class MethodConfig:
     """Base of every method's config; a method registers a subclass with its own keys."""
 
-    name: str = "simclr"
+    name: str = "simclr"  # a registered method (`selfsup list`); its config class adds the method's own keys
 
 
 @dataclass
 class BackboneConfig:
-    name: str = "resnet18"
+    """The encoder: ``create_backbone(name, small_stem, pretrained, **model_args)``."""
+
+    name: str = "resnet18"  # any timm model name, or a sequence model: lstm | gru | seq_transformer
     small_stem: bool = False  # 3x3 stride-1 first conv and no max-pool, for 32-px images
-    pretrained: bool = False
-    model_args: dict = field(default_factory=dict)  # **kwargs for create_backbone (timm or sequence model)
+    pretrained: bool = False  # start from timm's pretrained weights (needs internet once)
+    # keyword arguments of the backbone, e.g. {img_size: 32, patch_size: 4} (ViT) or {hidden_size: 128}
+    # (RNN); backbone.model_args.KEY=value sets one
+    model_args: dict = field(default_factory=dict)
 
 
 @dataclass
 class DataConfig:
+    """The dataset: images as one uint8 tensor (in memory) or streamed from an ImageFolder."""
+
     name: str = "digits"  # digits | synthetic | imagefolder | sequence | cifar10 | cifar100 | stl10
     train: str | None = None  # imagefolder / sequence: path of the training split
     val: str | None = None  # imagefolder / sequence: path of the evaluation split
     root: str | None = None  # torchvision datasets: where the files are (or go)
-    image_size: int | None = None  # resize on load; None keeps the native size
-    download: bool = False
-    cache_dir: str | None = None
-    num_samples: int | None = None  # synthetic only
-    num_classes: int | None = None  # synthetic only
+    image_size: int | None = bounded(None, ge=1)  # resize on load; None keeps the native size
+    download: bool = False  # torchvision datasets: download into `root` when missing (needs internet)
+    cache_dir: str | None = None  # decoded images and features; None: $SELFSUP_CACHE or ~/.cache/selfsup
+    num_samples: int | None = bounded(None, ge=1)  # synthetic only: number of images
+    num_classes: int | None = bounded(None, ge=1)  # synthetic only: number of classes
     on_bad_file: Literal["skip", "error"] = "skip"  # imagefolder: unreadable files are skipped (one warning) or fatal
-    in_memory_max_gb: float = 8.0  # imagefolder: larger decoded splits stream through DataLoader workers
+    in_memory_max_gb: float = bounded(8.0, ge=0)  # imagefolder: larger decoded splits stream through DataLoader workers
     workers: int | None = None  # streaming DataLoader workers (None: one per CPU core, at most 8)
     streaming: Literal["auto", "always", "never"] = "auto"  # imagefolder: auto streams above in_memory_max_gb
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 100
-    max_steps: int | None = None  # stop early (the schedules still span `epochs`)
-    batch_size: int = 256  # global, over all processes and accumulation steps
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    seed: int = 0
-    optimizer: Literal["sgd", "adamw", "lars"] = "sgd"
-    lr: float = 0.3  # base learning rate, scaled by `lr_scaling` from batch 256
+    """The training loop: schedule, optimiser, precision, checkpoints, logging."""
+
+    epochs: int = bounded(100, ge=1)  # schedule length in passes over the training split
+    max_steps: int | None = bounded(None, ge=1)  # stop early (the schedules still span `epochs`)
+    batch_size: int = bounded(256, ge=1)  # global, over all processes and accumulation steps
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 (with a grad scaler) on CUDA only
+    seed: int = bounded(0, ge=0)  # initialisation, data order and augmentation
+    optimizer: Literal["sgd", "adamw", "lars"] = "sgd"  # lars: timm's LARS (biases and norms not adapted)
+    lr: float = bounded(0.3, ge=0)  # base learning rate, scaled by `lr_scaling` from batch 256
+    # peak lr = lr x batch/256 (linear), lr x sqrt(batch/256) (sqrt), or lr as given (none)
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     min_lr: float = 0.0  # end of the cosine, as a fraction of the peak learning rate
-    warmup_epochs: float = 10.0
-    weight_decay: float = 1e-6  # never applied to biases and normalisation parameters
-    momentum: float = 0.9  # SGD / LARS momentum; AdamW's beta1
+    warmup_epochs: float = bounded(10.0, ge=0)  # linear warm-up, then cosine decay to min_lr
+    weight_decay: float = bounded(1e-6, ge=0)  # never applied to biases and normalisation parameters
+    momentum: float = bounded(0.9, ge=0, lt=1)  # SGD / LARS momentum; AdamW's beta1
     lars_trust_coefficient: float = 0.001  # LARS eta (You et al. 2017); vicreg-cifar10 uses 0.02, the usual CIFAR-10 setting
     lars_trust_clip: bool = False  # LARS: clip the layer-wise rate at the global rate (LARC)
     grad_clip: float | None = None  # max global gradient norm
-    grad_accum: int = 1
-    checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
-    keep_checkpoints: int = 2
-    log_every: int = 10  # steps between metrics.jsonl rows (and the only host syncs)
-    channels_last: bool = False
+    grad_accum: int = bounded(1, ge=1)  # micro-steps per optimizer step (batch_size stays the global batch)
+    checkpoint_every: int = bounded(1000, ge=1)  # steps; a checkpoint is also written at the end
+    keep_checkpoints: int = bounded(2, ge=0)  # the newest checkpoints kept in checkpoints/
+    log_every: int = bounded(10, ge=1)  # steps between metrics.jsonl rows (and the only host syncs)
+    channels_last: bool = False  # channels-last memory format for the model and the views
     compile: bool = False  # torch.compile the training step (the exported encoder stays the eager module)
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run, or its step is skipped (and counted)
     sync_bn: bool | None = None  # BN statistics over the global batch with >1 process (None: the method's default)
@@ -74,41 +153,45 @@ class TrainerConfig:
 class FinetuneConfig:
     """``selfsup eval --protocol finetune``: encoder + linear head trained on the labels (selfsup.evaluation.finetune)."""
 
-    epochs: int = 20
+    epochs: int = 20  # schedule length in passes over the training split
     max_steps: int | None = None  # stop early (the schedule still spans `epochs`)
     batch_size: int = 128
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.1  # at batch 256, scaled linearly with batch_size
     weight_decay: float = 5e-4  # never on biases and normalisation parameters
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
+    momentum: float = 0.9  # SGD momentum; AdamW's beta1
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine
     min_lr: float = 0.0  # end of the cosine, as a fraction of the peak
     train_blocks: int = -1  # -1: the whole encoder; k >= 0: only its last k blocks (0: the head alone)
     layer_decay: float = 1.0  # block i of n gets lr * layer_decay ** (n - i); the head gets lr
     crop_scale: tuple[float, float] = (0.35, 1.0)  # random resized crop of the training images
     hflip_p: float = 0.5  # 0 for data that is not mirror-symmetric (digits)
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # of the cross-entropy loss
     train_subset: int | None = None  # fine-tune on this many training images (a fixed random subset)
     from_scratch: bool = False  # the control: same architecture, random initialisation
-    seed: int = 0
+    seed: int = 0  # head initialisation, data order, augmentation (and the from-scratch initialisation)
 
 
 @dataclass
 class EvalConfig:
+    """Evaluation on frozen features (kNN, linear probe) at the end of training and by ``selfsup eval``."""
+
     at_end: bool = True  # evaluate the encoder when training ends
-    knn_k: list[int] = field(default_factory=lambda: [20, 200])
-    knn_temperature: float = 0.07
+    knn_k: list[int] = field(default_factory=lambda: [20, 200])  # one kNN classifier per k (keys knn_k20, ...)
+    knn_temperature: float = bounded(0.07, gt=0)  # T of the votes' weights exp(similarity / T)
     knn_index: Literal["flat", "ivf"] = "flat"  # faiss exact search, or an inverted file for millions of features
-    linear: bool = True
+    linear: bool = True  # fit the linear probe (lr and weight decay chosen on held-out training images)
     linear_loss: Literal["softmax", "hinge"] = "softmax"  # linear probe: cross-entropy or Crammer-Singer multiclass SVM
     linear_solver: Literal["sgd", "lbfgs"] = "sgd"  # sgd: the lr x wd grid as parallel heads; lbfgs: exact, softmax only
     random_baseline: bool = False  # also evaluate a randomly initialised encoder, for comparison
-    batch_size: int = 512
+    batch_size: int = bounded(512, ge=1)  # images per batch when extracting features
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass
 class RunConfig:
+    """The run directory and what is written into it besides metrics.jsonl, checkpoints and the encoder."""
+
     dir: str | None = None  # default: runs/<recipe name>
     tensorboard: bool = True  # also log metrics.jsonl's rows to <run.dir>/tensorboard when tensorboard is installed
     plots: bool = True  # write <run.dir>/plots/*.png at the end when matplotlib is installed
