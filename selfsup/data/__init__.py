@@ -1,4 +1,5 @@
-"""Datasets as in-memory uint8 tensors: ``load_dataset(name, split, ...) -> ImageDataset``.
+"""Datasets as in-memory uint8 tensors: ``load_dataset(name, split, ...) -> ImageDataset``;
+``open_split(cfg.data, split)``: a :class:`Split`, in memory or streamed (one protocol for both).
 
 ``DATASETS`` is the one registry (name -> loader); add to it with ``register_dataset``.
 """
@@ -15,7 +16,7 @@ from selfsup.data.datasets import (
     register_dataset,
     resize_uint8,
 )
-from selfsup.data.split import open_split
+from selfsup.data.split import Split, open_split
 
 __all__ = [
     "DATASETS",
@@ -27,4 +28,5 @@ __all__ = [
     "open_split",
     "register_dataset",
     "resize_uint8",
+    "Split",
 ]

@@ -12,11 +12,12 @@ once and cached), ``cifar10`` / ``cifar100`` / ``stl10`` through ``torchvision.d
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 
 from selfsup.core.errors import DataError
 from selfsup.core.registry import DATASETS
+from selfsup.data.fingerprint import tensor_fingerprint
+from selfsup.data.step_loader import BatchSampler, SliceSteps
 
 SPLITS = ("train", "val")
 
@@ -55,6 +58,63 @@ class ImageDataset:
     def shape(self) -> tuple[int, ...]:
         """``(C, H, W)`` of one sample (``images.shape[1:]``); a streaming split has the same."""
         return tuple(self.images.shape[1:])
+
+    # The Split protocol (selfsup.data.split.Split): what the trainer and the evaluation read.
+
+    @property
+    def is_image(self) -> bool:
+        """uint8 images (augmented in training); ``False``: float non-image data (sequences)."""
+        return not self.images.is_floating_point()
+
+    @property
+    def has_padding(self) -> bool:
+        """Float non-image data with NaN padding (variable-length sequences)."""
+        return self.images.is_floating_point() and bool(torch.isnan(self.images).any())
+
+    @property
+    def random_access(self) -> bool:
+        """Always: :meth:`batch` is an index slice of the tensor in memory."""
+        return True
+
+    def batch(self, indices: torch.Tensor | Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images [n, C, H, W], labels [n])`` of ``indices``: an index slice."""
+        idx = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(list(indices), dtype=torch.long)
+        return self.images[idx], self.labels[idx]
+
+    def step_batches(self, sampler: BatchSampler, *, stop: int, rank: int = 0, world: int = 1,
+                     device: torch.device | str | None = None) -> SliceSteps:
+        """The trainer's source of step ``s``'s batch: the whole split moved to ``device`` once,
+        then ``batch(s)`` slices ``sampler.indices(s, rank, world)`` (``stop`` is not needed)."""
+        return SliceSteps(self, sampler, rank=rank, world=world, device=device)
+
+    def sequential_batches(self, batch_size: int, *, pin_memory: bool = False) -> Iterator[torch.Tensor]:
+        """The split in order as slices of ``batch_size`` (the last may be short), for feature extraction."""
+        return (self.images[start:start + batch_size] for start in range(0, len(self), batch_size))
+
+    def rows(self, start: int, stop: int) -> ImageDataset:
+        """Samples ``start .. stop - 1`` (views of the tensors; ``mean`` / ``std`` kept)."""
+        return dataclasses.replace(self, images=self.images[start:stop], labels=self.labels[start:stop])
+
+    def grey_to_rgb(self) -> ImageDataset:
+        """Three channels: a grey split's channel repeated (``mean`` / ``std`` too); a colour split as it is."""
+        if self.shape[0] == 3:
+            return self
+        if self.shape[0] != 1:
+            raise DataError(f"the data have {self.shape[0]} channels: only grey (1) can become colour (3)")
+        return dataclasses.replace(self, images=self.images.expand(-1, 3, -1, -1).contiguous(),
+                                   mean=tuple(self.mean) * 3, std=tuple(self.std) * 3)
+
+    def fingerprint(self, *, labels: torch.Tensor | None = None, dataset_id: str = "") -> str:
+        """sha256 of ``dataset_id``, shape, dtype, the labels (``labels`` or this split's) and up to
+        1024 evenly spaced images in full (:func:`~selfsup.data.fingerprint.tensor_fingerprint`)."""
+        return tensor_fingerprint(self.images, self.labels if labels is None else labels, dataset_id)
+
+    def describe(self) -> str:
+        """One line for the log: size, sample shape and dtype, normalisation."""
+        fmt = lambda values: "(" + ", ".join(f"{v:.4f}" for v in values) + ")"  # noqa: E731
+        kind = str(self.images.dtype).removeprefix("torch.")
+        return (f"in memory: {len(self)} samples, {kind} {'x'.join(map(str, self.shape))}; "
+                f"mean {fmt(self.mean)} std {fmt(self.std)}")
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

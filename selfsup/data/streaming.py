@@ -23,32 +23,35 @@ exactly as for in-memory data.
   a worker decodes them: ``skip`` fills the slot with another image of the same batch and warns
   once per file; ``error`` raises a :class:`DataError` naming the file.
 
-Typical use (the trainer and :func:`~selfsup.evaluation.features.extract_features` do this)::
+A :class:`StreamingImageFolder` is a :class:`~selfsup.data.split.Split`, as an in-memory
+:class:`~selfsup.data.datasets.ImageDataset` is: the trainer takes its step-keyed batches from
+:meth:`~StreamingImageFolder.step_batches` and feature extraction its file-order batches from
+:meth:`~StreamingImageFolder.sequential_batches`, never asking which kind of split it has::
 
-    folder = open_imagefolder(path, image_size=224, cache_dir=cache, in_memory_max_gb=8)
-    if is_streaming(folder):
-        for step, images, labels in stream_batches(folder, sampler, range(start, end)):
-            ...  # images: uint8 [B, 3, 224, 224] on the CPU (pinned with pin_memory=True)
+    split = open_split(cfg.data, "train", seed=cfg.trainer.seed)  # in memory or streamed
+    source = split.step_batches(sampler, stop=total_steps, device=device)
+    images, labels = source.batch(step)  # uint8 [B, 3, 224, 224] (streamed: on the CPU, pinned on a GPU run)
+    source.close()  # stops the workers
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import signal
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from selfsup.core.errors import DataError
 from selfsup.data.datasets import ImageDataset, channel_stats, default_cache_dir
+from selfsup.data.fingerprint import hash_tensor, sample_rows
 from selfsup.data.imagefolder import (
     cache_key,
     decode_image,
@@ -58,13 +61,23 @@ from selfsup.data.imagefolder import (
     scan_folder,
     split_path,
 )
+from selfsup.data.step_loader import (
+    BatchSampler,
+    SequentialBatches,
+    StepBatches,
+    StepStream,
+    default_workers,
+    report_unreadable,
+    stream_batches,
+    stream_images,
+)
 
 if TYPE_CHECKING:
     from selfsup.config import DataConfig
 
 __all__ = [
     "BatchSampler", "SequentialBatches", "StepBatches", "StepStream", "StreamingImageFolder", "decoded_gb",
-    "default_workers", "is_streaming", "open_imagefolder", "open_streamed", "stream_batches", "stream_images",
+    "default_workers", "open_imagefolder", "open_streamed", "stream_batches", "stream_images",
 ]
 
 
@@ -73,35 +86,13 @@ def decoded_gb(num_images: int, height: int, width: int, channels: int = 3) -> f
     return num_images * channels * height * width / 2**30
 
 
-class BatchSampler(Protocol):
-    """What :func:`stream_batches` needs from a sampler: this process's indices of a step."""
-
-    def indices(self, step: int, rank: int, world: int) -> torch.Tensor: ...
-
-
-class SequentialBatches:
-    """Indices ``[s * B, (s + 1) * B)`` for step ``s`` (the last batch may be short): evaluation order.
-
-    Each process takes its contiguous share of every batch.
-    """
-
-    def __init__(self, num_samples: int, batch_size: int):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.num_samples, self.batch_size = num_samples, batch_size
-        self.num_steps = -(-num_samples // batch_size)
-
-    def indices(self, step: int, rank: int, world: int) -> torch.Tensor:
-        batch = torch.arange(step * self.batch_size, min((step + 1) * self.batch_size, self.num_samples))
-        return batch.tensor_split(world)[rank]
-
-
 @dataclass
 class StreamingImageFolder:
     """An ImageFolder split read on demand: file list, labels, canvas size and estimated stats.
 
-    It stands where an :class:`~selfsup.data.datasets.ImageDataset` stands (``len``, ``labels``,
-    ``classes``, ``mean``, ``std``, ``shape``) but has no ``images`` tensor.
+    It is a :class:`~selfsup.data.split.Split` as an :class:`~selfsup.data.datasets.ImageDataset`
+    is (``len``, ``labels``, ``classes``, ``mean``, ``std``, ``shape``, ``batch``, ``step_batches``,
+    ``sequential_batches``, ...) but has no ``images`` tensor: workers decode on demand.
 
     Attributes:
         root: the split's folder; ``files`` are relative to it (torchvision's order).
@@ -144,6 +135,60 @@ class StreamingImageFolder:
         return (f"streaming {self.setting}={self.root}: {len(self)} images decoded to uint8 "
                 f"{'x'.join(map(str, self.shape))} by {workers} DataLoader worker(s) per process; "
                 f"mean {fmt(self.mean)} std {fmt(self.std)} estimated on {self.stats_from} of them")
+
+    # The Split protocol (selfsup.data.split.Split), as ImageDataset implements it.
+
+    @property
+    def is_image(self) -> bool:
+        """Always: decoded uint8 RGB images."""
+        return True
+
+    @property
+    def has_padding(self) -> bool:
+        return False
+
+    @property
+    def random_access(self) -> bool:
+        """Never cheap: :meth:`batch` decodes in this process (workers serve only step or file order)."""
+        return False
+
+    def batch(self, indices: torch.Tensor | Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(uint8 [n, 3, S, S], int64 [n])`` of ``indices``, decoded here; bad files as :func:`stream_batches`."""
+        images, labels, bad = self.decode(indices)
+        if bad:
+            report_unreadable(self, bad, set(), len(images))
+        return images, labels
+
+    def step_batches(self, sampler: BatchSampler, *, stop: int, rank: int = 0, world: int = 1,
+                     device: torch.device | str | None = None) -> StepStream:
+        """The trainer's source of step ``s``'s batch (``sampler.indices(s, rank, world)``), decoded
+        ahead by DataLoader workers over steps up to ``stop``; pinned when ``device`` is a GPU."""
+        pin = device is not None and torch.device(device).type == "cuda"
+        return StepStream(self, sampler, stop=stop, rank=rank, world=world, pin_memory=pin)
+
+    def sequential_batches(self, batch_size: int, *, pin_memory: bool = False) -> Iterator[torch.Tensor]:
+        """The split in file order as uint8 batches (:func:`stream_images`), decoded by the workers."""
+        return stream_images(self, batch_size, pin_memory=pin_memory)
+
+    def rows(self, start: int, stop: int) -> StreamingImageFolder:
+        """Files ``start .. stop - 1``. (A file that cannot be read is replaced by another image of its
+        batch, so batches cut at other places may fill it with another image.)"""
+        return dataclasses.replace(self, files=self.files[start:stop], labels=self.labels[start:stop])
+
+    def grey_to_rgb(self) -> StreamingImageFolder:
+        """As it is: streamed images are decoded to RGB."""
+        return self
+
+    def fingerprint(self, *, labels: torch.Tensor | None = None, dataset_id: str = "") -> str:
+        """sha256 of ``dataset_id``, the folder, canvas size, every file name and label (``labels`` or
+        this split's), and the size and modification time of up to 1024 evenly spaced files."""
+        hasher = hashlib.sha256(f"{dataset_id}|{self.root}|{self.image_size}|".encode())
+        hasher.update("\n".join(self.files).encode())
+        hash_tensor(hasher, "labels", self.labels.long() if labels is None else torch.as_tensor(labels).long())
+        for i in sample_rows(len(self)).tolist():
+            stat = (Path(self.root) / self.files[i]).stat()
+            hasher.update(f"{i}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+        return hasher.hexdigest()
 
     def decode(self, indices: torch.Tensor | list[int] | range) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
         """Decode images ``indices``: ``(uint8 [n, 3, S, S], int64 [n] labels, [[file, reason], ...])``.
@@ -302,122 +347,3 @@ def open_streamed(data: DataConfig, split: str, *, seed: int = 0) -> StreamingIm
     return StreamingImageFolder._from_scan(root, classes, files, labels, stats, image_size=data.image_size,
                                            cache_dir=cache, setting=setting, on_bad_file=data.on_bad_file,
                                            stats_samples=2048, seed=0, workers=data.workers)
-
-
-def is_streaming(data: object) -> bool:
-    """Whether ``data`` is read on demand (no ``images`` tensor)."""
-    return isinstance(data, StreamingImageFolder)
-
-
-class StepBatches(Dataset):
-    """Map-style dataset over steps: item ``s`` is ``(s, uint8 images, labels, bad files)`` of the
-    indices ``sampler.indices(s, rank, world)``. Used by :func:`stream_batches`'s workers."""
-
-    def __init__(self, folder: StreamingImageFolder, sampler: BatchSampler, rank: int = 0, world: int = 1):
-        self.folder, self.sampler, self.rank, self.world = folder, sampler, rank, world
-
-    def __getitem__(self, step: int) -> tuple[int, torch.Tensor, torch.Tensor, list[list[str]]]:
-        images, labels, bad = self.folder.decode(self.sampler.indices(step, self.rank, self.world))
-        return step, images, labels, bad
-
-
-def default_workers() -> int:
-    """DataLoader workers per training process: the CPU cores this process may use, shared by the
-    processes of this machine (``LOCAL_WORLD_SIZE``), at least 1 and at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(1, min(8, cores // local))
-
-
-def _worker_init(_worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group: the trainer finishes its step and checkpoints, so a
-    # worker must not die first (the trainer then stops it).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def stream_batches(folder: StreamingImageFolder, sampler: BatchSampler, steps: range, *, rank: int = 0,
-                   world: int = 1, num_workers: int | None = None, prefetch_factor: int = 2,
-                   pin_memory: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield ``(step, uint8 [b, 3, S, S], int64 [b])`` for every step of ``steps``, in order.
-
-    ``num_workers`` processes (default ``folder.workers``, else :func:`default_workers`; 0
-    decodes in this process) each decode whole batches, ``prefetch_factor`` batches ahead. Start
-    at the resumed step (``range(resumed, end)``) to continue a run exactly. Unreadable files warn
-    once each (``on_bad_file="skip"``) or raise :class:`DataError` naming them (``"error"``), as
-    does a batch with no readable image at all. Closing the generator stops the workers.
-    """
-    workers = num_workers if num_workers is not None else folder.workers
-    workers = default_workers() if workers is None else workers
-    loader = DataLoader(StepBatches(folder, sampler, rank, world), batch_size=None, sampler=steps,
-                        num_workers=workers, prefetch_factor=prefetch_factor if workers else None,
-                        pin_memory=pin_memory, persistent_workers=False,
-                        worker_init_fn=_worker_init if workers else None)
-    warned: set[str] = set()
-    batches = iter(loader)
-    try:
-        for step, images, labels, bad in batches:
-            if bad:
-                _report(folder, bad, warned, len(images))
-            yield step, images, labels
-    finally:
-        shutdown = getattr(batches, "_shutdown_workers", None)
-        if shutdown is not None:  # now, not whenever the iterator is garbage-collected
-            shutdown()
-
-
-def stream_images(folder: StreamingImageFolder, batch_size: int, *, num_workers: int | None = None,
-                  pin_memory: bool = False) -> Iterator[torch.Tensor]:
-    """The whole split in file order as uint8 batches of ``batch_size`` (the last may be short), for
-    feature extraction: one batch at a time, never the whole split."""
-    order = SequentialBatches(len(folder), batch_size)
-    for _, images, _ in stream_batches(folder, order, range(order.num_steps), num_workers=num_workers,
-                                       pin_memory=pin_memory):
-        yield images
-
-
-class StepStream:
-    """A trainer's data source for a streaming split: ``batch(step)`` -> this process's uint8
-    images and labels of ``step``, decoded ahead by DataLoader workers.
-
-    One loader runs over ``range(step, stop)``; asking for any step other than the next one (the
-    first call, a resume, a benchmark going back) restarts it there. An item depends only on its
-    step, so a restart costs time, never a different batch.
-    """
-
-    def __init__(self, folder: StreamingImageFolder, sampler: BatchSampler, *, stop: int, rank: int = 0,
-                 world: int = 1, num_workers: int | None = None, pin_memory: bool = False):
-        self.folder, self.sampler, self.stop, self.rank, self.world = folder, sampler, stop, rank, world
-        self.num_workers, self.pin_memory = num_workers, pin_memory
-        self._batches: Iterator[tuple[int, torch.Tensor, torch.Tensor]] | None = None
-        self._next = -1
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._batches is None or step != self._next:
-            self.close()
-            self._batches = stream_batches(self.folder, self.sampler, range(step, max(self.stop, step + 1)),
-                                           rank=self.rank, world=self.world, num_workers=self.num_workers,
-                                           pin_memory=self.pin_memory)
-        got, images, labels = next(self._batches)
-        assert got == step, (got, step)  # the loader yields its range in order
-        self._next = step + 1
-        return images, labels
-
-    def close(self) -> None:
-        """Stop the workers (a later :meth:`batch` starts new ones)."""
-        if self._batches is not None:
-            self._batches.close()
-            self._batches, self._next = None, -1
-
-
-def _report(folder: StreamingImageFolder, bad: list[list[str]], warned: set[str], batch: int) -> None:
-    listed = ", ".join(f"{f} ({why})" for f, why in bad[:5])
-    if len(bad) >= batch:
-        raise DataError(f"{folder.setting}={folder.root}: no image of a batch could be read: {listed}")
-    if folder.on_bad_file == "error":
-        raise DataError(f"{folder.setting}={folder.root}: unreadable image(s): {listed} "
-                        "(data.on_bad_file=skip replaces them with another image of the batch)")
-    new = [f for f, _ in bad if f not in warned]
-    if new:
-        warned.update(new)
-        warnings.warn(f"{folder.setting}={folder.root}: unreadable image(s), replaced in their batch by another "
-                      f"image: {listed}", stacklevel=3)

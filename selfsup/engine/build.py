@@ -9,8 +9,7 @@ from accelerate import Accelerator
 from selfsup.config import Config
 from selfsup.core.errors import ConfigError
 from selfsup.core.registry import METHODS
-from selfsup.data import ImageDataset
-from selfsup.data.streaming import is_streaming
+from selfsup.data import Split
 from selfsup.methods import create_method
 from selfsup.methods.base import Method
 from selfsup.models.backbones import (
@@ -20,7 +19,7 @@ from selfsup.models.backbones import (
 )
 
 
-def build_method(cfg: Config, data: ImageDataset) -> Method:
+def build_method(cfg: Config, data: Split) -> Method:
     """The method around a freshly initialised backbone (initialisation seeded by ``trainer.seed``)."""
     _check_non_image_data(cfg, data)
     torch.manual_seed(cfg.trainer.seed)
@@ -31,15 +30,16 @@ def build_method(cfg: Config, data: ImageDataset) -> Method:
     return create_method(cfg.method, backbone, image_size=size, num_classes=len(data.classes))
 
 
-def _check_non_image_data(cfg: Config, data: ImageDataset) -> None:
+def _check_non_image_data(cfg: Config, data: Split) -> None:
     """Float data (sequences) are never augmented, so only label-trained methods make sense on them;
     NaN padding (variable lengths) needs a backbone that reads it as lengths."""
-    if is_streaming(data) or not data.images.is_floating_point():  # streamed data are uint8 images
+    if data.is_image:
         return
     if not METHODS.get(cfg.method.name).uses_labels:
+        labelled = " or ".join(f"method.name={name}" for name in METHODS if METHODS.get(name).uses_labels)
         raise ConfigError(f"data.name={cfg.data.name} holds non-image data, which gets no augmentation: "
-                          f"method.name={cfg.method.name} cannot learn from it; use method.name=supervised")
-    if not is_sequence_backbone(cfg.backbone.name) and bool(torch.isnan(data.images).any()):
+                          f"method.name={cfg.method.name} cannot learn from it; use {labelled}")
+    if not is_sequence_backbone(cfg.backbone.name) and data.has_padding:
         raise ConfigError(f"variable-length sequences (padding) need a sequence backbone (lstm, gru, seq_transformer), "
                           f"not backbone.name={cfg.backbone.name}")
 

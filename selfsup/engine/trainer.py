@@ -1,8 +1,9 @@
 """The training loop: method-agnostic, on Accelerate (one process, many GPUs, many machines, CPU).
 
-Read top to bottom: build schedules, resume, then per step slice a batch (or, for a streaming
-split, take the step's uint8 batch from DataLoader workers), make views on the device, run the
-method, step the optimizer, update EMA/queues/centres, log, checkpoint.
+Read top to bottom: build schedules, resume, then per step take the step's uint8 batch from the
+split (an index slice in memory, or decoded ahead by DataLoader workers when streamed: the trainer
+does not know which), make views on the device, run the method, step the optimizer, update
+EMA/queues/centres, log, checkpoint.
 Host synchronisation happens only at log and checkpoint steps (and once per step with
 ``trainer.nonfinite=skip``; see :mod:`selfsup.engine.guard`).
 """
@@ -28,9 +29,8 @@ from selfsup.core.distributed import (
 from selfsup.core.errors import CheckpointError, NonFiniteError, TrainingInterrupted
 from selfsup.core.progress import progress_bar
 from selfsup.core.schedules import scaled_lr, warmup_cosine
-from selfsup.data import ImageDataset
+from selfsup.data import Split
 from selfsup.data.augment import ViewMaker
-from selfsup.data.streaming import StepStream, StreamingImageFolder, is_streaming
 from selfsup.engine.checkpoint import (
     discard_after,
     latest_checkpoint,
@@ -75,7 +75,7 @@ def view_seed(seed: int, step: int, process: int, micro: int) -> int:
 class Trainer:
     """Trains ``method`` on ``data`` as ``cfg.trainer`` says, writing into ``run_dir``."""
 
-    def __init__(self, cfg: Config, method: Method, data: ImageDataset | StreamingImageFolder, run_dir: Path,
+    def __init__(self, cfg: Config, method: Method, data: Split, run_dir: Path,
                  accelerator: Accelerator):
         self.cfg, self.tc, self.data, self.run_dir, self.acc = cfg, cfg.trainer, data, Path(run_dir), accelerator
         self.micro_batch = validate_run(cfg, num_images=len(data), image_hw=tuple(data.shape[-2:]),
@@ -84,13 +84,10 @@ class Trainer:
         self.total_steps = self.tc.epochs * self.sampler.steps_per_epoch
         self.end_step = min(self.total_steps, self.tc.max_steps) if self.tc.max_steps else self.total_steps
         self.view_maker = ViewMaker(method.views, data.mean, data.std)
-        self.stream: StepStream | None = None
-        if is_streaming(data):  # DataLoader workers decode this process's share of each step, ahead of time
-            self.stream = StepStream(data, self.sampler, stop=self.total_steps, rank=accelerator.process_index,
-                                     world=accelerator.num_processes, pin_memory=accelerator.device.type == "cuda")
-        else:  # wholly on the device: a batch is an index slice
-            self.images = data.images.to(accelerator.device)
-            self.labels = data.labels.to(accelerator.device)
+        # This process's share of each step: an index slice of the split on the device, or decoded ahead
+        # by DataLoader workers (a streamed split); either way a function of (seed, step) alone.
+        self.stream = data.step_batches(self.sampler, stop=self.total_steps, rank=accelerator.process_index,
+                                        world=accelerator.num_processes, device=accelerator.device)
         self.schedules = self._build_schedules(method)
         if self.tc.channels_last:
             method = method.to(memory_format=torch.channels_last)
@@ -185,8 +182,7 @@ class Trainer:
         try:
             self._loop()
         finally:
-            if self.stream is not None:
-                self.stream.close()
+            self.stream.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.log.close()
@@ -224,13 +220,9 @@ class Trainer:
     def make_batches(self, step: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         """This process's micro-batches of ``step`` as (views, labels), made lazily on the device."""
         acc, tc = self.acc, self.tc
-        if self.stream is not None:  # the same indices' uint8 pixels, decoded by the loader's workers
-            images, labels = self.stream.batch(step)
-            images, labels = images.to(acc.device, non_blocking=True), labels.to(acc.device, non_blocking=True)
-            chunks = zip(images.split(self.micro_batch), labels.split(self.micro_batch))
-        else:
-            indices = self.sampler.indices(step, acc.process_index, acc.num_processes).to(acc.device)
-            chunks = ((self.images[chunk], self.labels[chunk]) for chunk in indices.split(self.micro_batch))
+        images, labels = self.stream.batch(step)  # the sampler's indices of this step, this process's share
+        images, labels = images.to(acc.device, non_blocking=True), labels.to(acc.device, non_blocking=True)
+        chunks = zip(images.split(self.micro_batch), labels.split(self.micro_batch))
         for micro, (images, labels) in enumerate(chunks):
             # Augmentation randomness is a pure function of (seed, step, process, micro-batch),
             # so views are reproducible and a resumed run sees exactly the views it would have.

@@ -1,4 +1,4 @@
-"""Frozen-feature extraction: run an encoder over a uint8 image tensor once, keep the features.
+"""Frozen-feature extraction: run an encoder over a uint8 image tensor (or a split) once, keep the features.
 
 kNN and linear probes (see :mod:`selfsup.evaluation.knn`, :mod:`selfsup.evaluation.linear`)
 work on these features, so the encoder runs once per evaluation; :func:`cached_features` also
@@ -10,7 +10,6 @@ computed exactly once and every rank ends with all the features.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -33,7 +32,8 @@ from selfsup.core.distributed import (
 )
 from selfsup.core.errors import DataError, SelfsupError
 from selfsup.core.progress import progress_bar
-from selfsup.data.streaming import StreamingImageFolder, is_streaming, stream_images
+from selfsup.data.fingerprint import hash_tensor, tensor_fingerprint
+from selfsup.data.split import Split
 
 __all__ = [
     "extract_features", "cached_features", "feature_cache_key", "encoder_fingerprint", "dataset_fingerprint",
@@ -87,7 +87,7 @@ def _check_images(images: torch.Tensor) -> None:
 @torch.no_grad()
 def extract_features(
     encoder: nn.Module,
-    images: torch.Tensor | StreamingImageFolder,
+    images: torch.Tensor | Split,
     mean: Sequence[float] | torch.Tensor,
     std: Sequence[float] | torch.Tensor,
     *,
@@ -111,8 +111,8 @@ def extract_features(
     Args:
         encoder: maps float [B, C, H', W'] (normalised) to features [B, D].
         images: uint8 [N, C, H, W] (or float32 non-image data, not divided by 255), on the CPU or on ``device``;
-            or a :class:`~selfsup.data.streaming.StreamingImageFolder`, decoded batch by batch in
-            DataLoader workers (never wholly in memory).
+            or a :class:`~selfsup.data.split.Split`, read through its ``sequential_batches`` (a streamed
+            split: decoded batch by batch in DataLoader workers, never wholly in memory).
         mean: per-channel mean, C values (or one value for all channels), in [0, 1] units.
         std: per-channel standard deviation, same form as ``mean``.
         batch_size: images per forward pass.
@@ -120,8 +120,8 @@ def extract_features(
         image_size: side length to resize to; ``None`` keeps H x W.
         progress: show a progress bar (plain periodic lines when stderr is not a terminal).
         shard: when ``torch.distributed`` runs several processes, each rank runs the encoder on its
-            contiguous share of the rows only (:func:`~selfsup.core.distributed.shard_bounds`; a streaming
-            split by its file list) and the shares are gathered
+            contiguous share of the rows only (:func:`~selfsup.core.distributed.shard_bounds`; a split
+            by its ``rows``) and the shares are gathered
             (:func:`~selfsup.core.distributed.gather_rows`): every rank returns the same [N, D], in row
             order, each row computed once. Every rank must call it, with the same arguments; only
             rank 0 shows progress. With fewer rows than processes every rank extracts them all.
@@ -130,9 +130,7 @@ def extract_features(
     Returns:
         float32 [N, D] on the CPU.
     """
-    streaming = is_streaming(images)
-    if not streaming:
-        _check_images(images)
+    _check_input(images)
     if batch_size < 1:
         raise SelfsupError(f"batch_size must be a positive integer, got {batch_size}")
     total = len(images)
@@ -141,7 +139,7 @@ def extract_features(
         images = _rows(images, *shard_bounds(total))
         progress = progress and rank() == 0
     run_device = _resolve_device(encoder, device)
-    channels = images.shape[0] if streaming else images.shape[1]
+    channels = images.shape[1] if isinstance(images, torch.Tensor) else images.shape[0]
     mean_t = _channel_stats(mean, "mean", channels, run_device)
     std_t = _channel_stats(std, "std", channels, run_device)
 
@@ -150,10 +148,10 @@ def extract_features(
     chunks: list[torch.Tensor] = []
     try:
         with torch.inference_mode():
-            if streaming:
-                batches = stream_images(images, batch_size, pin_memory=run_device.type == "cuda")
-            else:
+            if isinstance(images, torch.Tensor):
                 batches = (images[start : start + batch_size] for start in range(0, images.shape[0], batch_size))
+            else:
+                batches = images.sequential_batches(batch_size, pin_memory=run_device.type == "cuda")
             for batch in progress_bar(batches, total=-(-len(images) // batch_size), desc="features", unit="batch",
                                       disable=not progress):
                 batch = batch.to(run_device, non_blocking=True)
@@ -172,13 +170,18 @@ def _shards(shard: bool, num_rows: int) -> bool:
     return shard and world_size() > 1 and num_rows >= world_size()
 
 
-def _rows(images: torch.Tensor | StreamingImageFolder, start: int, stop: int) -> torch.Tensor | StreamingImageFolder:
-    """Rows ``start .. stop - 1`` of ``images``: a view [stop - start, C, H, W] of a tensor, or a
-    streaming split of those files. (A streamed file that cannot be read is replaced by another image
-    of its batch, so batches cut at other places may fill it with another image.)"""
-    if is_streaming(images):
-        return dataclasses.replace(images, files=images.files[start:stop], labels=images.labels[start:stop])
-    return images[start:stop]
+def _rows(images: torch.Tensor | Split, start: int, stop: int) -> torch.Tensor | Split:
+    """Rows ``start .. stop - 1`` of ``images``: a view [stop - start, C, H, W] of a tensor, or the
+    split's :meth:`~selfsup.data.split.Split.rows`."""
+    return images[start:stop] if isinstance(images, torch.Tensor) else images.rows(start, stop)
+
+
+def _check_input(images: torch.Tensor | Split) -> None:
+    """:func:`_check_images` for a tensor; a split (its own kind checked where it was made) must not be empty."""
+    if isinstance(images, torch.Tensor):
+        _check_images(images)
+    elif len(images) == 0:
+        raise DataError("images is empty (N = 0): nothing to extract features from")
 
 
 def _forward(
@@ -208,14 +211,6 @@ def _forward(
 # ----------------------------------------------------------------------------- on-disk cache
 
 CACHE_FORMAT = 1  # bump when extraction changes in a way that alters features
-_SAMPLE_IMAGES = 1024  # images hashed in full (evenly spaced); the rest is covered by shape and labels
-
-
-def _hash_tensor(hasher, name: str, tensor: torch.Tensor) -> None:
-    t = tensor.detach().to("cpu").contiguous()
-    hasher.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-    # uint8 view of the raw bytes (works for every dtype, bfloat16 included).
-    hasher.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def encoder_fingerprint(encoder: nn.Module) -> str:
@@ -228,35 +223,24 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
     spec = getattr(encoder, "selfsup_spec", None)
     hasher.update(json.dumps(spec, sort_keys=True, default=str).encode())
     for name, tensor in sorted(encoder.state_dict().items()):
-        _hash_tensor(hasher, name, tensor)
+        hash_tensor(hasher, name, tensor)
     return hasher.hexdigest()
 
 
-def dataset_fingerprint(images: torch.Tensor | StreamingImageFolder, labels: torch.Tensor | None = None,
+def dataset_fingerprint(images: torch.Tensor | Split, labels: torch.Tensor | None = None,
                         dataset_id: str = "") -> str:
     """sha256 of a dataset's identity, cheap enough to compute on every evaluation.
 
-    In-memory images: ``dataset_id`` (its name or path), the images' shape and dtype, every
-    label, and the full bytes of up to 1024 evenly spaced images (first and last included). A
+    An image tensor: ``dataset_id`` (its name or path), the images' shape and dtype, every label
+    (if given), and the full bytes of up to 1024 evenly spaced images (first and last included). A
     change confined to images outside that sample goes unnoticed: give such data a new
-    ``dataset_id``. A streaming split: its folder, canvas size, every file name and label, and
-    the size and modification time of up to 1024 evenly spaced files.
+    ``dataset_id``. A split: its :meth:`~selfsup.data.split.Split.fingerprint` (in memory: as a
+    tensor, with its labels; streamed: its folder, canvas size, every file name and label, and the
+    size and modification time of up to 1024 evenly spaced files).
     """
-    n = len(images)
-    picks = torch.linspace(0, n - 1, steps=min(n, _SAMPLE_IMAGES)).round().long().unique()
-    if is_streaming(images):
-        hasher = hashlib.sha256(f"{dataset_id}|{images.root}|{images.image_size}|".encode())
-        hasher.update("\n".join(images.files).encode())
-        _hash_tensor(hasher, "labels", images.labels.long() if labels is None else torch.as_tensor(labels).long())
-        for i in picks.tolist():
-            stat = (Path(images.root) / images.files[i]).stat()
-            hasher.update(f"{i}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
-        return hasher.hexdigest()
-    hasher = hashlib.sha256(f"{dataset_id}|{images.dtype}|{tuple(images.shape)}|".encode())
-    if labels is not None:
-        _hash_tensor(hasher, "labels", torch.as_tensor(labels).long())
-    _hash_tensor(hasher, "sample", images[picks])
-    return hasher.hexdigest()
+    if isinstance(images, torch.Tensor):
+        return tensor_fingerprint(images, labels, dataset_id)
+    return images.fingerprint(labels=labels, dataset_id=dataset_id)
 
 
 def transform_fingerprint(mean, std, image_size: int | None) -> str:
@@ -266,7 +250,7 @@ def transform_fingerprint(mean, std, image_size: int | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def feature_cache_key(encoder: nn.Module, images: torch.Tensor, mean, std, *, labels: torch.Tensor | None = None,
+def feature_cache_key(encoder: nn.Module, images: torch.Tensor | Split, mean, std, *, labels: torch.Tensor | None = None,
                       dataset_id: str = "", image_size: int | None = None) -> dict[str, str]:
     """The three fingerprints that name a features file: ``{"encoder", "dataset", "transform"}``."""
     return {
@@ -278,7 +262,7 @@ def feature_cache_key(encoder: nn.Module, images: torch.Tensor, mean, std, *, la
 
 def cached_features(
     encoder: nn.Module,
-    images: torch.Tensor | StreamingImageFolder,
+    images: torch.Tensor | Split,
     mean: Sequence[float] | torch.Tensor,
     std: Sequence[float] | torch.Tensor,
     *,
@@ -314,8 +298,7 @@ def cached_features(
     if cache_dir is None:
         return extract_features(encoder, images, mean, std, batch_size=batch_size, device=device,
                                 image_size=image_size, progress=progress, shard=shard)
-    if not is_streaming(images):
-        _check_images(images)
+    _check_input(images)
     together = shard and world_size() > 1
     path = key = features = None
     if rank() == 0 or not together:

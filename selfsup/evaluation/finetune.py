@@ -31,7 +31,7 @@ from selfsup.config import FinetuneConfig
 from selfsup.core.errors import ConfigError, DataError
 from selfsup.core.progress import progress_bar
 from selfsup.core.schedules import scaled_lr, warmup_cosine
-from selfsup.data import ImageDataset
+from selfsup.data import Split
 from selfsup.data.augment import AugmentSpec, ViewMaker, normalize
 from selfsup.evaluation.knn import true_class_rank
 from selfsup.models.backbones import create_backbone
@@ -181,25 +181,25 @@ def _freeze_norm_statistics(model: nn.Module) -> None:
             module.eval()
 
 
-def _subset(data: ImageDataset, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    if n >= len(data):
-        return data.images, data.labels
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return data.images[idx], data.labels[idx]
+def _subset(num_samples: int, n: int | None, seed: int) -> Tensor | None:
+    """The indices (in order) of a seeded random subset of ``n`` samples; ``None``: all of them."""
+    if not n or n >= num_samples:
+        return None
+    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
 @torch.no_grad()
-def _test_logits(model: nn.Module, images: Tensor, mean, std, batch_size: int, device) -> Tensor:
+def _test_logits(model: nn.Module, data: Split, mean, std, batch_size: int, device) -> Tensor:
     model.eval()
     out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(device)
+    for x in data.sequential_batches(batch_size):
+        x = x.to(device)
         x = x if x.is_floating_point() else x.float().div_(255)
         out.append(model(normalize(x, mean, std)).float().cpu())
     return torch.cat(out)
 
 
-def finetune(encoder: nn.Module, train: ImageDataset, test: ImageDataset, cfg: FinetuneConfig, *,
+def finetune(encoder: nn.Module, train: Split, test: Split, cfg: FinetuneConfig, *,
              device=None, progress: bool = True, eval_batch_size: int = 512) -> dict:
     """Fine-tune a copy of ``encoder`` + a new linear head on ``train``; score the final model on ``test``.
 
@@ -211,14 +211,14 @@ def finetune(encoder: nn.Module, train: ImageDataset, test: ImageDataset, cfg: F
     if list(train.classes) != list(test.classes):
         raise DataError("the training and test splits have different classes: labels would not match")
     model, info = finetune_model(encoder, train, cfg, device=device, progress=progress)
-    logits = _test_logits(model, test.images, train.mean, train.std, eval_batch_size, info.pop("device"))
+    logits = _test_logits(model, test, train.mean, train.std, eval_batch_size, info.pop("device"))
     rank = true_class_rank(logits, test.labels)
     info.pop("group_lrs")
     return {"top1": float((rank < 1).float().mean()), "top5": float((rank < min(5, len(train.classes))).float().mean()),
             **info, "settings": _settings(cfg)}
 
 
-def finetune_model(encoder: nn.Module, train: ImageDataset, cfg: FinetuneConfig, *, device=None,
+def finetune_model(encoder: nn.Module, train: Split, cfg: FinetuneConfig, *, device=None,
                    progress: bool = True) -> tuple[Classifier, dict]:
     """Train a copy of ``encoder`` (or a fresh one: ``cfg.from_scratch``) + a linear head on ``train``.
 
@@ -228,11 +228,12 @@ def finetune_model(encoder: nn.Module, train: ImageDataset, cfg: FinetuneConfig,
     """
     validate_finetune(cfg)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    images, labels = _subset(train, cfg.train_subset, cfg.seed) if cfg.train_subset else (train.images, train.labels)
-    if cfg.batch_size > images.shape[0]:
+    pool = _subset(len(train), cfg.train_subset, cfg.seed)  # the training samples' indices; None: all
+    num_images = len(train) if pool is None else len(pool)
+    if cfg.batch_size > num_images:
         raise ConfigError(f"eval.finetune.batch_size={cfg.batch_size} is larger than the training set "
-                          f"({images.shape[0]} images)")
-    steps_per_epoch = images.shape[0] // cfg.batch_size  # the last partial batch is dropped
+                          f"({num_images} images)")
+    steps_per_epoch = num_images // cfg.batch_size  # the last partial batch is dropped
     total = cfg.epochs * steps_per_epoch
     steps = min(total, cfg.max_steps) if cfg.max_steps else total
 
@@ -248,7 +249,7 @@ def finetune_model(encoder: nn.Module, train: ImageDataset, cfg: FinetuneConfig,
         opt = torch.optim.AdamW(groups, lr=peak, betas=(cfg.momentum, 0.999))
 
     # Training views: random resized crop + flip, batched on the device (no colour changes).
-    spec = AugmentSpec(size=images.shape[-1], crop_scale=tuple(cfg.crop_scale), hflip_p=cfg.hflip_p, jitter_p=0.0,
+    spec = AugmentSpec(size=train.shape[-1], crop_scale=tuple(cfg.crop_scale), hflip_p=cfg.hflip_p, jitter_p=0.0,
                        grayscale_p=0.0)
     views = ViewMaker([(spec, 1)], train.mean, train.std)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -258,13 +259,14 @@ def finetune_model(encoder: nn.Module, train: ImageDataset, cfg: FinetuneConfig,
     bar = progress_bar(total=steps, desc="finetune", unit="step", disable=not progress)
     loss_value = float("nan")
     while step < steps:
-        order = torch.randperm(images.shape[0], generator=order_gen)  # a fresh order per epoch
+        order = torch.randperm(num_images, generator=order_gen)  # a fresh order per epoch
         model.train()
         _freeze_norm_statistics(model)
         for b in range(min(steps_per_epoch, steps - step)):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = views(images[idx].to(device), gen)[0]
-            y = labels[idx].to(device)
+            images, labels = train.batch(idx if pool is None else pool[idx])
+            x = views(images.to(device), gen)[0]
+            y = labels.to(device)
             for g in opt.param_groups:
                 g["lr"] = float(lrs[step]) * g["lr_scale"]
             loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
@@ -283,7 +285,7 @@ def finetune_model(encoder: nn.Module, train: ImageDataset, cfg: FinetuneConfig,
     return model, {
         "steps": step,
         "epochs": step / steps_per_epoch,
-        "train_images": int(images.shape[0]),
+        "train_images": num_images,
         "final_loss": loss_value,
         "seconds": round(time.perf_counter() - start, 2),
         "blocks": blocks,
@@ -297,6 +299,6 @@ def _settings(cfg: FinetuneConfig) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
-def _example(data: ImageDataset) -> Tensor:
-    x = data.images[:2]
+def _example(data: Split) -> Tensor:
+    x = data.batch(range(min(2, len(data))))[0]
     return x if x.is_floating_point() else x.float() / 255

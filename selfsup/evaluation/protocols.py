@@ -1,15 +1,13 @@
 """Evaluation protocols: kNN and the linear probe on frozen features (extracted once), fine-tuning end to end."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Iterable
 
 from torch import Tensor, nn
 
 from selfsup.config import EvalConfig, FinetuneConfig
 from selfsup.core.errors import DataError
-from selfsup.data import ImageDataset
-from selfsup.data.streaming import StreamingImageFolder, is_streaming
+from selfsup.data import Split
 from selfsup.evaluation.features import cached_features, extract_features
 from selfsup.evaluation.finetune import finetune
 from selfsup.evaluation.knn import knn_classify
@@ -26,14 +24,13 @@ def finetune_key(cfg: FinetuneConfig) -> str:
     return "finetune" if cfg.train_blocks < 0 else f"finetune_last{cfg.train_blocks}"
 
 
-def match_channels(data: ImageDataset, in_chans: int | None) -> ImageDataset:
+def match_channels(data: Split, in_chans: int | None) -> Split:
     """Grey images for a 3-channel encoder (transfer from colour data): repeat the channel (mean/std too)."""
-    if in_chans is None or is_streaming(data) or data.images.is_floating_point() or data.images.shape[1] == in_chans:
+    if in_chans is None or not data.is_image or data.shape[0] == in_chans:
         return data
-    if data.images.shape[1] == 1 and in_chans == 3:
-        return dataclasses.replace(data, images=data.images.expand(-1, 3, -1, -1).contiguous(),
-                                   mean=tuple(data.mean) * 3, std=tuple(data.std) * 3)
-    raise DataError(f"the data have {data.images.shape[1]} channels but the encoder takes {in_chans}")
+    if data.shape[0] == 1 and in_chans == 3:
+        return data.grey_to_rgb()
+    raise DataError(f"the data have {data.shape[0]} channels but the encoder takes {in_chans}")
 
 
 class _Classify(nn.Module):
@@ -47,7 +44,7 @@ class _Classify(nn.Module):
         return self.model.classify(x)
 
 
-def evaluate(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: EvalConfig, *,
+def evaluate(encoder: nn.Module, train: Split, val: Split, cfg: EvalConfig, *,
              protocols: Iterable[str] | None = None, device=None, progress: bool = True,
              classifier: nn.Module | None = None, cache_dir=None, plots_dir=None, shard: bool = False,
              features: dict[str, Tensor] | None = None) -> dict[str, dict]:
@@ -86,7 +83,7 @@ def evaluate(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: Ev
         results.update(linear)
         predictions = probe.predict(features["val"])
     if "finetune" in protocols:
-        if is_streaming(train) or is_streaming(val):
+        if not (train.random_access and val.random_access):  # streamed: decoding in random order is too slow
             raise DataError("fine-tuning needs both splits in memory: raise data.in_memory_max_gb")
         results[finetune_key(cfg.finetune)] = finetune(encoder, train, val, cfg.finetune, device=device,
                                                        progress=progress, eval_batch_size=cfg.batch_size)
@@ -100,7 +97,7 @@ def evaluate(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: Ev
     return results
 
 
-def evaluation_features(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: EvalConfig, *,
+def evaluation_features(encoder: nn.Module, train: Split, val: Split, cfg: EvalConfig, *,
                         protocols: Iterable[str] | None = None, device=None, progress: bool = True,
                         classifier: nn.Module | None = None, cache_dir=None, shard: bool = False) -> dict[str, Tensor]:
     """The frozen outputs :func:`evaluate` reads, for the same arguments: ``{"train": [N_train, D],
@@ -127,7 +124,7 @@ def _protocol_list(protocols: Iterable[str] | None, cfg: EvalConfig) -> list[str
     return protocols
 
 
-def _matched_splits(encoder: nn.Module, train: ImageDataset, val: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
+def _matched_splits(encoder: nn.Module, train: Split, val: Split) -> tuple[Split, Split]:
     """Both splits with the encoder's channel count; their classes must agree."""
     in_chans = (getattr(encoder, "selfsup_spec", None) or {}).get("in_chans")
     train, val = match_channels(train, in_chans), match_channels(val, in_chans)
@@ -139,26 +136,21 @@ def _matched_splits(encoder: nn.Module, train: ImageDataset, val: ImageDataset) 
     return train, val
 
 
-def _frozen_features(encoder: nn.Module, train: ImageDataset, val: ImageDataset, cfg: EvalConfig,
+def _frozen_features(encoder: nn.Module, train: Split, val: Split, cfg: EvalConfig,
                      protocols: list[str], *, device, progress: bool, classifier: nn.Module | None, cache_dir,
                      shard: bool) -> dict[str, Tensor]:
     """:func:`evaluation_features` on splits already through :func:`_matched_splits`."""
     features = {
-        name: cached_features(encoder, _pixels(data), train.mean, train.std, cache_dir=cache_dir, labels=data.labels,
+        name: cached_features(encoder, data, train.mean, train.std, cache_dir=cache_dir, labels=data.labels,
                               dataset_id=name, batch_size=cfg.batch_size, device=device, progress=progress,
                               shard=shard)
         for name, data in (("train", train), ("val", val))
     } if any(p in protocols for p in ("knn", "linear")) else {}
     if classifier is not None:
-        features["classifier"] = extract_features(_Classify(classifier), _pixels(val), train.mean, train.std,
+        features["classifier"] = extract_features(_Classify(classifier), val, train.mean, train.std,
                                                   batch_size=cfg.batch_size, device=device, progress=progress,
                                                   shard=shard)
     return features
-
-
-def _pixels(data: ImageDataset | StreamingImageFolder):
-    """What :func:`extract_features` reads: the image tensor, or a streaming split as it is."""
-    return data if is_streaming(data) else data.images
 
 
 def format_table(rows: dict[str, dict[str, dict]]) -> str:

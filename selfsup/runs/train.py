@@ -10,8 +10,7 @@ from accelerate import Accelerator
 
 from selfsup.models.backbones import create_backbone, default_model_args, is_sequence_backbone
 from selfsup.config import Config, config_to_dict, save_config, validate_config, validate_paths
-from selfsup.data import ImageDataset, open_split
-from selfsup.data.streaming import is_streaming
+from selfsup.data import Split, open_split
 from selfsup.core.distributed import broadcast_module_state
 from selfsup.core.errors import ConfigError
 from selfsup.evaluation.protocols import evaluate, evaluation_features, format_table
@@ -36,8 +35,7 @@ def train(cfg: Config) -> dict:
     acc = make_accelerator(cfg)
     with acc.main_process_first():  # rank 0 decodes and caches; the others read its cache
         train_data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
-    if is_streaming(train_data):
-        acc.print(train_data.describe())
+    acc.print(train_data.describe())
     method = build_method(cfg, train_data)
     trainer = Trainer(cfg, method, train_data, run_dir, acc)
     trainer.resume()  # an incompatible checkpoint is refused before the run directory changes
@@ -63,7 +61,7 @@ def train(cfg: Config) -> dict:
     return results
 
 
-def _evaluate_at_end(cfg: Config, trainer: Trainer, train_data: ImageDataset, run_dir: Path, acc: Accelerator) -> dict:
+def _evaluate_at_end(cfg: Config, trainer: Trainer, train_data: Split, run_dir: Path, acc: Accelerator) -> dict:
     """kNN / linear probe on the trained encoder (plus the method's own classifier head, if any) and,
     with ``eval.random_baseline``, on a randomly initialised one; rank 0 writes eval.json
     (eval_random_init.json) and returns the results, the other ranks return ``{}``.
