@@ -19,7 +19,7 @@ ImageFolder split:
   per-image augmentation in ``--workers`` worker processes, default: one per core).
 * selfsup: the :class:`selfsup.engine.trainer.Trainer` built from the recipe (timm's ``resnet18``,
   the same architecture as torchvision's), data decoded once into one uint8 tensor, views made
-  batched on the device; ``Trainer.optimize(step, Trainer.make_batches(step))`` per step (public API).
+  batched on the device; ``Trainer.train_step(step)`` per step (public API).
 
 Rounds alternate the phases (LightlySSL end to end, ours end to end, ours model only,
 LightlySSL model only), so a shared, noisy machine slows all of them alike; ratios are
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
     (premade_views, _), = [next(iter(loader))]  # LightlySSL's model-only input, made once
     ours_premade = list(trainer.make_batches(0))
     for i in range(args.warmup):  # untimed: allocator and kernels warm for every phase
-        trainer.optimize(i, trainer.make_batches(i))
+        trainer.train_step(i)
         lightly_step(model, criterion, optimizer, premade_views)
 
     def lightly_round() -> float:
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> dict:
     step = args.warmup
     phases = {
         "lightly": lightly_round,
-        "ours": lambda: timed(lambda i: trainer.optimize(step + i, trainer.make_batches(step + i)), args.steps),
+        "ours": lambda: timed(lambda i: trainer.train_step(step + i), args.steps),
         "ours_model_only": lambda: timed(lambda i: trainer.optimize(step + i, ours_premade), args.steps),
     }
     if not args.no_lightly_model_only:

@@ -18,7 +18,7 @@ training steps per round, so load from other users of a shared machine hits both
 table gives every round and the medians. CPU seconds per step count the training process and
 its DataLoader workers (psutil). Each streaming round starts its workers afresh (their start-up
 is timed, against streaming) so that no batch is decoded ahead during the other trainer's round.
-A step is ``Trainer.optimize(step, Trainer.make_batches(step))``, what the training loop runs.
+A step is ``Trainer.train_step(step)``, what the training loop runs.
 
     python eval/scripts/bench_streaming.py RECIPE [key=value ...] [--steps 15 --rounds 4 --warmup 3 --workers 2]
 """
@@ -73,7 +73,7 @@ def main() -> None:
         next_step = {mode: 0 for mode in trainers}
         for mode, trainer in trainers.items():  # warm-up (allocator, first-touch), untimed
             for _ in range(args.warmup):
-                trainer.optimize(next_step[mode], trainer.make_batches(next_step[mode]))
+                trainer.train_step(next_step[mode])
                 next_step[mode] += 1
             if trainer.stream is not None:
                 trainer.stream.close()
@@ -82,7 +82,7 @@ def main() -> None:
             for mode, trainer in trainers.items():
                 cpu0, t0 = _cpu_seconds(proc), time.perf_counter()
                 for _ in range(args.steps):
-                    trainer.optimize(next_step[mode], trainer.make_batches(next_step[mode]))
+                    trainer.train_step(next_step[mode])
                     next_step[mode] += 1
                 wall, cpu = time.perf_counter() - t0, _cpu_seconds(proc) - cpu0
                 if trainer.stream is not None:

@@ -30,12 +30,12 @@ def bench(cfg: Config, *, steps: int = 10, warmup: int = 3, rounds: int = 3) -> 
         trainer.model.train()
         sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
         for step in range(warmup):
-            trainer._train_step(step)
+            trainer.train_step(step)
         premade = [(views, labels) for views, labels in trainer.make_batches(0)]
         timings: dict[str, list[float]] = {"end_to_end": [], "model_only": [], "augment": []}
         step = warmup
         for _ in range(rounds):
-            for name, run in (("end_to_end", lambda s: trainer._train_step(s)),
+            for name, run in (("end_to_end", trainer.train_step),
                               ("model_only", lambda s: trainer.optimize(s, premade)),
                               ("augment", lambda s: list(trainer.make_batches(s)))):
                 sync()

@@ -198,7 +198,7 @@ class Trainer:
         window, self._clock = Window(), time.perf_counter()
         with bar:
             while self.step < self.end_step:
-                window.add(self._train_step(self.step))
+                window.add(self.train_step(self.step))
                 self.step += 1
                 bar.update(1)
                 last = self.step == self.end_step or self._stop_signal is not None
@@ -214,7 +214,9 @@ class Trainer:
                     raise TrainingInterrupted(f"stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; "
                                               f"checkpoint saved, rerun the same command to resume", self._stop_signal)
 
-    def _train_step(self, step: int) -> dict[str, torch.Tensor]:
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        """One whole training step: this process's batch of ``step``, its views, the optimizer step
+        (what :meth:`fit` runs per step, without logging or checkpoints); returns the detached outputs."""
         return self.optimize(step, self.make_batches(step))
 
     def make_batches(self, step: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
