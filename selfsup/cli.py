@@ -21,7 +21,8 @@ EPILOG = """examples:
   selfsup train simclr-digits trainer.epochs=5 trainer.batch_size=128
   selfsup eval runs/simclr-digits --protocol linear
   selfsup eval runs/simclr-digits --protocol finetune eval.finetune.epochs=10 eval.finetune.train_blocks=1
-  selfsup benchmark eval/benchmarks/digits.yaml         # recipes x seeds x protocols -> eval/results/*.md
+  selfsup benchmark digits                        # a packaged suite (or a path): recipes x seeds x protocols
+                                                  #   -> eval/results/benchmark-digits-DATE.md
   selfsup export runs/simclr-digits --out exported/
   selfsup plot runs/simclr-digits                 # PNG curves into runs/simclr-digits/plots/
   selfsup list
@@ -31,11 +32,28 @@ is named), 128+N stopped by signal N after writing a checkpoint (rerun to resume
 """
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A sub-command parser that takes positionals before and after options, so that
+    ``selfsup eval RUN --protocol finetune key=value`` keeps ``key=value`` as an override (plain
+    argparse stops filling a ``nargs="*"`` positional once an option has been read)."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # parse_known_intermixed_args calls back in here (twice)
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfsup", description="Self-supervised representation learning for PyTorch.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_IntermixedParser)
 
     p = sub.add_parser("train", help="train what a recipe says; writes a run directory")
     p.add_argument("recipe", nargs="?", help="recipe path or name (default: simclr-digits)")
@@ -62,11 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
 
     p = sub.add_parser("benchmark", help="recipes x seeds -> train (or reuse) -> protocols -> markdown table")
-    p.add_argument("suite", help="suite file (eval/benchmarks/*.yaml): protocol file, rows (recipes), seeds, output")
+    p.add_argument("suite", help="suite file or packaged suite name (selfsup list; selfsup/benchmarks/suites/*.yaml): "
+                                 "protocol, rows (recipes), seeds, output")
     p.add_argument("overrides", nargs="*", help="config overrides for every training command, key=value")
     p.add_argument("--seeds", type=int, nargs="+", help="replace the suite's seeds")
     p.add_argument("--runs-root", help="replace the suite's runs_root (run directories: ROOT/NAME-seedS)")
-    p.add_argument("--out", help="replace the suite's markdown output path (a .json lands beside it)")
+    p.add_argument("--out", help="replace the suite's markdown output path ({date}: today; a .json lands beside it)")
 
     p = sub.add_parser("plot", help="PNG plots of a run's metrics (loss, lr, kNN, DINO teacher entropy)")
     p.add_argument("run", help="run directory")
@@ -152,15 +171,10 @@ def _export(args) -> int:
     return 0
 
 
-# Methods that run the backbone on inputs of another size than the training images. A backbone
-# built for one input geometry (a sequence model; a ViT without dynamic_img_size) cannot run them;
-# tests/test_baselines.py checks this claim against every registered method.
-MULTI_SIZE_METHODS = {"dino": "local crops; method.num_local_crops=0 lifts it", "jigsaw": "3x3 tiles"}
-
-
 def _list(args) -> int:
     import timm
 
+    from selfsup.benchmarks.suites import PROTOCOLS_DIR, SUITES_DIR, packaged_names
     from selfsup.config import RECIPES_DIR
     from selfsup.data import DATASETS
     from selfsup.methods import METHODS
@@ -176,10 +190,12 @@ def _list(args) -> int:
           "backbone.small_stem=true for 32-px data (ResNet family)")
     print(f"  sequence models: {', '.join(SEQUENCE_BACKBONES.names())} (read rows or patches; backbone.model_args="
           "{hidden_size: 128, num_layers: 2, bidirectional: true} or {embed_dim: 128, depth: 4, positions: learned})")
-    _list_compatibility(METHODS.names())
+    _list_compatibility({name: METHODS.get(name) for name in METHODS.names()})
     print("recipes:")
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
         print(f"  {path.stem}")
+    print(f"benchmark suites (selfsup benchmark NAME):\n  {', '.join(packaged_names(SUITES_DIR))}")
+    print(f"benchmark protocols (a suite's protocol: NAME):\n  {', '.join(packaged_names(PROTOCOLS_DIR))}")
     return 0
 
 
@@ -191,16 +207,18 @@ def _plot(args) -> int:
     return 0
 
 
-def _list_compatibility(methods: list[str]) -> None:
-    """Which backbone family works with which method and data."""
-    fixed = [m for m in methods if m in MULTI_SIZE_METHODS]
-    notes = "; ".join(f"{m}: {why}" for m, why in MULTI_SIZE_METHODS.items() if m in fixed)
+def _list_compatibility(methods: dict) -> None:
+    """Which backbone family works with which method and data, from what each method class declares
+    (``multi_size``: the backbone also sees other input sizes; ``uses_labels``)."""
+    multi_size = {name: cls.multi_size for name, cls in methods.items() if cls.multi_size}
+    fixed, notes = ", ".join(multi_size), "; ".join(f"{m}: {why}" for m, why in multi_size.items())
+    labelled = ", ".join(name for name, cls in methods.items() if cls.uses_labels)
     print("backbone x method:")
     print("  CNNs (timm)                  every method")
-    print(f"  ViT (timm)                   every method; {', '.join(fixed)} need backbone.model_args="
+    print(f"  ViT (timm)                   every method; {fixed} need backbone.model_args="
           "{dynamic_img_size: true, dynamic_img_pad: true} (positions interpolated to each input size)")
-    print(f"  lstm, gru, seq_transformer   every method except {', '.join(fixed)} ({notes})")
-    print("  data.name=sequence           method supervised only (float N x T x D data get no augmentation); "
+    print(f"  lstm, gru, seq_transformer   every method except {fixed} ({notes})")
+    print(f"  data.name=sequence           method {labelled} only (float N x T x D data get no augmentation); "
           "variable lengths need a sequence backbone")
 
 

@@ -12,6 +12,7 @@ from selfsup.config.loading import (
 )
 from selfsup.config.schema import (
     BackboneConfig,
+    Bounds,
     Config,
     DataConfig,
     EvalConfig,
@@ -19,12 +20,14 @@ from selfsup.config.schema import (
     MethodConfig,
     RunConfig,
     TrainerConfig,
+    bounded,
     config_to_dict,
+    field_bounds,
 )
 
 __all__ = [
-    "BackboneConfig", "Config", "DataConfig", "DEFAULT_RECIPE", "EvalConfig", "FinetuneConfig", "MethodConfig",
-    "RECIPES_DIR", "RunConfig", "TrainerConfig", "apply_override", "config_from_dict", "config_to_dict",
-    "find_recipe", "load_config", "resolve_config", "save_config", "validate_config", "validate_paths",
-    "validate_run",
+    "BackboneConfig", "Bounds", "Config", "DataConfig", "DEFAULT_RECIPE", "EvalConfig", "FinetuneConfig",
+    "MethodConfig", "RECIPES_DIR", "RunConfig", "TrainerConfig", "apply_override", "bounded", "config_from_dict",
+    "config_to_dict", "field_bounds", "find_recipe", "load_config", "resolve_config", "save_config",
+    "validate_config", "validate_paths", "validate_run",
 ]
