@@ -324,6 +324,9 @@ def run_suite(suite: Suite, *, cli: Callable[[list[str]], int] = run_command, lo
             # Every fine-tuning key spelled out: `selfsup eval RUN` starts from the run's config.yaml, whose
             # eval.finetune keys are those of the protocol file at training time, not necessarily now.
             protocol_keys = [o for o in suite.protocol.overrides() if not o.startswith("eval.finetune.")]
+            # data.* keys given to this suite or row (e.g. `selfsup benchmark SUITE data.train=...`) win over the
+            # protocol's, as they did in the training command, so fine-tuning reads the data training read
+            protocol_keys += [o for o in (*suite.overrides, *row.overrides) if o.startswith("data.")]
 
             def eval_overrides(scratch: bool) -> list[str]:
                 ft = {**settings, "seed": seed, "from_scratch": scratch}
