@@ -1,4 +1,5 @@
-"""End to end through the CLI on a real slice of the CIFAR-10 JPEG data (imagefolder path)."""
+"""The command line (selfsup.cli): end to end on a real slice of the CIFAR-10 JPEG data (imagefolder path),
+one-line errors, and what `selfsup list` says (backbone / method compatibility, model_args)."""
 import json
 import subprocess
 import sys
@@ -9,20 +10,23 @@ import pytest
 import torch
 
 from selfsup import load_encoder
+from selfsup.config import resolve_config
+from selfsup.core.errors import ConfigError
+from selfsup.data.augment import ViewMaker
+from selfsup.models.backbones import create_backbone
 from selfsup.runs.open_run import open_encoder
-
-ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
+from support import CIFAR_ZIP
 
 
 @pytest.fixture(scope="module")
 def cifar_slice(tmp_path_factory) -> Path:
     """The first 12 training and 6 test images of every class, unzipped."""
-    if not ZIP.is_file():
-        pytest.skip(f"{ZIP} not found (it lives in ../shared/data beside the clone)")
+    if not CIFAR_ZIP.is_file():
+        pytest.skip(f"{CIFAR_ZIP} not found (it lives in ../shared/data beside the clone)")
     root = tmp_path_factory.mktemp("cifar")
     per_class = {"train": 12, "test": 6}
     taken: dict[tuple[str, str], int] = {}
-    with zipfile.ZipFile(ZIP) as archive:
+    with zipfile.ZipFile(CIFAR_ZIP) as archive:
         for name in archive.namelist():
             parts = Path(name).parts[-3:]
             if len(parts) != 3 or not name.endswith(".jpg") or parts[0] not in per_class:
@@ -42,6 +46,7 @@ def selfsup(*args, expect=0):
     return proc
 
 
+@pytest.mark.slow
 def test_train_eval_export_on_cifar_jpeg_slice(cifar_slice, tmp_path):
     run = tmp_path / "run"
     data = [f"data.name=imagefolder", f"data.train={cifar_slice / 'train'}", f"data.val={cifar_slice / 'test'}",
@@ -76,3 +81,51 @@ def test_missing_imagefolder_path_is_one_line_exit_2(tmp_path):
 def test_list_shows_methods_datasets_recipes():
     out = selfsup("list").stdout
     assert "simclr" in out and "imagefolder" in out and "simclr-digits" in out
+
+
+# ----------------------------------------------------------------------------- which backbone runs which method
+
+
+def one_step_loss(method_name: str, backbone: torch.nn.Module, size: int = 32) -> torch.Tensor:
+    from selfsup.methods import create_method
+
+    method = create_method(method_name, backbone, image_size=size, num_classes=4).train()
+    images = torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8)
+    views = ViewMaker(method.views, mean=(0.5,) * 3, std=(0.25,) * 3)(images, torch.Generator().manual_seed(0))
+    values = {"lr": 0.1, "weight_decay": 0.0,
+              **{k: float(v[0]) for k, v in method.schedules(total_steps=10, steps_per_epoch=5).items()}}
+    return method(views, torch.randint(0, 4, (8,)), values)["loss"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_selfsup_list_compatibility_claims_hold_for_every_method():
+    """`selfsup list`: sequence backbones run every method except those that declare ``multi_size``,
+    which fail with a clear error; a ViT with dynamic_img_size runs every method."""
+    from selfsup.methods import METHODS
+
+    vit_args = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2, dynamic_img_size=True,
+                    dynamic_img_pad=True)
+    for name in METHODS.names():
+        torch.manual_seed(0)
+        lstm = create_backbone("lstm", img_size=32, hidden_size=8)
+        if METHODS.get(name).multi_size:
+            with pytest.raises(ValueError, match="built for"):
+                one_step_loss(name, lstm)
+        else:
+            assert torch.isfinite(one_step_loss(name, lstm)), name
+        assert torch.isfinite(one_step_loss(name, create_backbone("vit_tiny_patch16_224", **vit_args))), name
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_model_args_config_key_and_list_output(capsys):
+    raw = {"backbone": {"name": "lstm", "model_args": {"hidden_size": 32, "bidirectional": True}}}
+    cfg = resolve_config(raw, ["backbone.model_args.num_layers=2"])
+    assert cfg.backbone.model_args == {"hidden_size": 32, "bidirectional": True, "num_layers": 2}
+    with pytest.raises(ConfigError, match="mapping"):
+        resolve_config({"backbone": {"model_args": [1, 2]}})
+    from selfsup.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "supervised" in out and "lstm, gru, seq_transformer   every method except dino, jigsaw" in out
+    assert "sequence" in out.split("datasets:")[1].split("backbones:")[0]

@@ -14,23 +14,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from support import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 5
 TOLERANCE = 0.06  # on kNN top-1, k=200
 MARGIN_OVER_RANDOM = 0.10
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def default_job(workdir: Path, nproc: int, *overrides: str) -> tuple[Path, str]:

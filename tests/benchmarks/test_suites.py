@@ -1,5 +1,6 @@
 """Benchmark runner (selfsup.benchmarks.suites): end to end on digits with tiny settings, reuse of run
-directories and results, the mean +- std table, and the protocol / suite files in eval/."""
+directories and results, the mean +- std table, and the packaged protocol / suite files
+(selfsup/benchmarks/{protocols,suites}, linked from eval/)."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,12 @@ import pytest
 import yaml
 
 from selfsup.benchmarks.suites import (
+    PROTOCOLS_DIR,
+    SUITES_DIR,
+    find_suite,
     load_protocol,
     load_suite,
+    packaged_names,
     reusable,
     run_suite,
     train_args,
@@ -20,7 +25,6 @@ from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.core.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["backbone.name=resnet10t", "trainer.max_steps=2", "trainer.batch_size=64", "trainer.log_every=1",
               "run.plots=false", "run.tensorboard=false"]
 
@@ -126,10 +130,71 @@ def test_bad_suite_and_protocol_files_name_the_problem(tmp_path):
         load_protocol(tmp_path / "proto.yaml")
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "eval" / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_suites_load(path):
-    suite = load_suite(path)
+# --------------------------------------------------------------------------- packaged suites and protocols
+
+
+PACKAGED_SUITES = packaged_names(SUITES_DIR)
+PACKAGED_PROTOCOLS = packaged_names(PROTOCOLS_DIR)
+
+
+def test_packaged_files_exist_and_eval_links_point_at_them():
+    assert {"digits", "cifar10-cpu", "cifar10-baselines-cpu"} <= set(PACKAGED_SUITES)
+    assert {"digits", "cifar10-jpeg", "cifar10-jpeg-frozen"} <= set(PACKAGED_PROTOCOLS)
+    eval_dir = Path(__file__).resolve().parents[2] / "eval"
+    if eval_dir.is_dir():  # a checkout: eval/suites and eval/protocols are the packaged folders
+        assert (eval_dir / "suites").resolve() == SUITES_DIR.resolve()
+        assert (eval_dir / "protocols").resolve() == PROTOCOLS_DIR.resolve()
+
+
+def test_packaged_suite_resolves_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not from the repository root: the name alone finds the file
+    assert find_suite("digits") == SUITES_DIR / "digits.yaml"
+    suite = load_suite("digits")
+    assert suite.path == str(SUITES_DIR / "digits.yaml") and suite.name == "digits"
+    assert Path(suite.protocol.path) == PROTOCOLS_DIR / "digits.yaml"  # `protocol: digits`, a packaged name
+    assert "{date}" not in suite.out and suite.out.startswith("eval/results/benchmark-digits-20")
+    assert load_suite(SUITES_DIR / "digits.yaml").name == ""  # given as a path: the table names the path
+
+
+@pytest.mark.parametrize("name", PACKAGED_SUITES)
+def test_each_packaged_suite_loads(name):
+    suite = load_suite(name)
     assert suite.rows and suite.seeds
     for row in suite.rows:  # every row's training command resolves to a valid config
         args = train_args(suite, row, suite.seeds[0])
         assert load_config(args[1], args[2:]).trainer.seed == suite.seeds[0]
+
+
+@pytest.mark.parametrize("name", PACKAGED_PROTOCOLS)
+def test_each_packaged_protocol_loads(name):
+    by_name, by_path = load_protocol(name), load_protocol(PROTOCOLS_DIR / f"{name}.yaml")
+    assert by_name == by_path and by_name.protocols and by_name.description
+
+
+def test_unknown_suite_name_is_one_line_with_the_closest(capsys):
+    assert main(["benchmark", "digts"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("selfsup: error:")
+    assert "suite 'digts'" in err and "did you mean 'digits'?" in err
+
+
+def test_suite_protocol_by_packaged_name_or_path(tmp_path):
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "protocol": "cifar10-jpeg-frozn", "rows": [{"name": "s", "recipe": "simclr-digits"}]}))
+    with pytest.raises(ConfigError, match="did you mean 'cifar10-jpeg-frozen'"):
+        load_suite(tmp_path / "suite.yaml")
+    write_suite(tmp_path)  # `protocol: proto.yaml`: a file beside the suite wins over the packaged names
+    assert load_suite(tmp_path / "suite.yaml").protocol.name == "tiny-digits"
+
+
+def test_fine_tuning_reads_the_data_the_suite_trained_on(tmp_path):
+    """A data.* key given to the suite (or a row) reaches the fine-tuning command after the protocol's own
+    data keys, as it reached training: both read the same data."""
+    suite = load_suite(write_suite(tmp_path), overrides=["data.num_samples=300"])
+    calls: list[list[str]] = []
+    run_suite(suite, cli=lambda args: calls.append(list(args)) or 0, log=lambda _: None)
+    evals = [c for c in calls if c[0] == "eval"]
+    assert evals and all(c[0] == "train" for c in calls if c not in evals)
+    for command in calls:
+        data_keys = [a for a in command if a.startswith("data.num_samples=")]
+        assert data_keys and data_keys[-1] == "data.num_samples=300", command

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow
 def test_bench_reports_rates_ratio_and_augment_share():
     proc = subprocess.run(
         [sys.executable, "-m", "selfsup", "bench", "data.name=synthetic", "data.num_samples=64", "data.image_size=16",

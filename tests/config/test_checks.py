@@ -1,10 +1,11 @@
 """Bad configs: one line naming the problem, exit code 2, no traceback (``--debug`` shows it)."""
 import pytest
-from test_trainer import TINY
 
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.core.errors import ConfigError
+from selfsup.runs.train import train
+from support import TINY, tiny_config
 
 
 @pytest.mark.parametrize("override,message", [
@@ -69,3 +70,13 @@ def test_bad_config_through_the_cli_is_one_line_exit_2(args, message, tmp_path, 
 def test_debug_shows_the_traceback():
     with pytest.raises(ConfigError, match="trainer.batch_size"):
         main(["--debug", "train", "trainer.batch_size=0"])
+
+
+def test_batch_larger_than_dataset_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="larger than the dataset"):
+        train(tiny_config(tmp_path, "trainer.batch_size=128"))
+
+
+def test_lars_trust_coefficient_must_be_positive():
+    with pytest.raises(ConfigError, match="lars_trust_coefficient"):
+        load_config("simclr-digits", ["trainer.lars_trust_coefficient=0"])

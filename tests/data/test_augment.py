@@ -8,8 +8,9 @@ from torchvision.transforms import InterpolationMode
 
 from selfsup.core.errors import ConfigError
 from selfsup.data import augment as A
+from selfsup.data.augment import ViewMaker
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.cuda)] if torch.cuda.is_available() else [])
 
 
 def _images(b=4, c=3, h=12, w=16, seed=0, device="cpu"):
@@ -298,3 +299,13 @@ def test_views_of_one_batch_do_not_share_one_jitter_order():
     is_sat_first = (v - sat_first).abs().amax(dim=(1, 2, 3)) < 1e-5
     assert bool((is_hue_first | is_sat_first).all())
     assert bool((is_hue_first & ~is_sat_first).any()) and bool((is_sat_first & ~is_hue_first).any())
+
+
+def test_float_data_pass_through_the_view_maker_unaugmented():
+    from selfsup.data.augment import AugmentSpec
+
+    x = torch.randn(4, 3, 9, 1)
+    x[0, :, 5:] = float("nan")
+    views = ViewMaker([(AugmentSpec(size=1), 1)], mean=(1.0, 0.0, 2.0), std=(2.0, 1.0, 4.0))(x, torch.Generator())
+    mean, std = torch.tensor([1.0, 0.0, 2.0]).view(1, 3, 1, 1), torch.tensor([2.0, 1.0, 4.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(views[0], (x - mean) / std, equal_nan=True)

@@ -1,7 +1,6 @@
-"""DCL / DCLW and MoCo v2: losses against slow references from the papers, MoCo's update rules,
-shuffle-BN, and 2-process (gloo) runs against one process on the global batch."""
-import math
-
+"""MoCo v2: its update rules (queue, key encoder, shuffle-BN), and 2-process (gloo) runs against one
+process on the global batch (with the DCL / DCLW losses' gather). The losses: tests/losses/test_moco.py,
+tests/losses/test_decoupled.py."""
 import pytest
 import torch
 import torch.distributed as dist
@@ -14,84 +13,6 @@ from selfsup.methods import create_method
 from selfsup.models.backbones import create_backbone
 
 SIZE = 16
-
-
-def cos(u: torch.Tensor, v: torch.Tensor) -> float:
-    return float(u @ v / (u.norm() * v.norm()))
-
-
-def dcl_reference(z_a, z_b, t: float, sigma: float | None = None) -> float:
-    """DCL, eq. 6 of Yeh et al. 2022, as loops: for view k of image i, positive z_i^(l),
-    L = -w_i s(z_i^k, z_i^l) / t + log sum_{j != i, m in {1, 2}} exp(s(z_i^k, z_j^m) / t),
-    averaged over i and k; w_i = 1 (DCL) or 2 - exp(s_ii / sigma) / mean_j exp(s_jj / sigma) (DCLW)."""
-    n = len(z_a)
-    views = (z_a, z_b)
-    s_pos = [cos(z_a[i], z_b[i]) for i in range(n)]
-    mean_e = sum(math.exp(s / sigma) for s in s_pos) / n if sigma else 1.0
-    total = 0.0
-    for k in range(2):
-        for i in range(n):
-            w = 2 - math.exp(s_pos[i] / sigma) / mean_e if sigma else 1.0
-            neg = sum(math.exp(cos(views[k][i], views[m][j]) / t) for m in range(2) for j in range(n) if j != i)
-            total += -w * s_pos[i] / t + math.log(neg)
-    return total / (2 * n)
-
-
-def infonce_reference(q, k, queue, t: float) -> float:
-    """MoCo eq. 1 as a loop: -log exp(q.k+ / t) / (exp(q.k+ / t) + sum_j exp(q.k_j / t))."""
-    total = 0.0
-    for i in range(len(q)):
-        pos = math.exp(cos(q[i], k[i]) / t)
-        neg = sum(math.exp(cos(q[i], queue[j]) / t) for j in range(len(queue)))
-        total += -math.log(pos / (pos + neg))
-    return total / len(q)
-
-
-# --------------------------------------------------------------------------- losses
-
-
-@pytest.mark.parametrize("n,d,t", [(2, 3, 0.5), (7, 16, 0.1), (5, 4, 1.0)])
-def test_dcl_and_dclw_match_the_paper(n, d, t):
-    gen = torch.Generator().manual_seed(n * d)
-    z_a, z_b = (torch.randn(n, d, generator=gen, dtype=torch.float64) for _ in range(2))
-    assert dcl(z_a, z_b, t).item() == pytest.approx(dcl_reference(z_a, z_b, t), rel=1e-5, abs=1e-6)
-    for sigma in (0.5, 2.0):
-        got = dclw(z_a, z_b, t, sigma).item()
-        assert got == pytest.approx(dcl_reference(z_a, z_b, t, sigma), rel=1e-5, abs=1e-6)
-    assert dcl(z_a, z_b, t).item() != pytest.approx(dclw(z_a, z_b, t, 0.5).item(), rel=1e-3)
-
-
-def test_dcl_is_symmetric_scale_invariant_and_drops_the_positive():
-    z_a, z_b = torch.randn(6, 4), torch.randn(6, 4)
-    assert torch.allclose(dcl(z_a, z_b, 0.2), dcl(z_b, z_a, 0.2), atol=1e-6)
-    assert torch.allclose(dclw(z_a, z_b, 0.2), dclw(3 * z_a, 0.5 * z_b, 0.2), atol=1e-5)
-    # Without the positive in the denominator the loss can go below zero (NT-Xent cannot).
-    z = torch.randn(8, 32)
-    assert dcl(z, z, 0.1) < 0
-
-
-def test_dclw_with_constant_positive_similarity_is_dcl():
-    gen = torch.Generator().manual_seed(0)
-    n, d, c = 6, 8, 0.3
-    z_a = F.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=1)
-    u = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    u = F.normalize(u - (u * z_a).sum(1, keepdim=True) * z_a, dim=1)  # orthogonal to z_a
-    z_b = (c * z_a + math.sqrt(1 - c * c) * u).requires_grad_()  # cos(z_a_i, z_b_i) = c for every i
-    z_b2 = z_b.detach().clone().requires_grad_()
-    plain, weighted = dcl(z_a, z_b, 0.2), dclw(z_a, z_b2, 0.2, 0.5)
-    assert torch.allclose(plain, weighted, rtol=1e-12)
-    plain.backward(), weighted.backward()
-    assert torch.allclose(z_b.grad, z_b2.grad, atol=1e-12)
-
-
-@pytest.mark.parametrize("n,k,d,t", [(3, 5, 4, 0.2), (8, 17, 16, 0.07)])
-def test_infonce_matches_the_paper(n, k, d, t):
-    gen = torch.Generator().manual_seed(k)
-    q, key, queue = (torch.randn(m, d, generator=gen, dtype=torch.float64) for m in (n, n, k))
-    assert infonce(q, key, queue, t).item() == pytest.approx(infonce_reference(q, key, queue, t), rel=1e-5)
-
-
-# --------------------------------------------------------------------------- MoCo
 
 
 def build_moco(**overrides):
@@ -186,7 +107,7 @@ def test_symmetric_moco_enqueues_both_views_and_rejects_a_small_queue():
         moco(views(6, 1), torch.zeros(6), {"ema_momentum": 0.9})
 
 
-# --------------------------------------------------------------------------- 2 processes
+# ----------------------------------------------------------------------------- 2 processes
 
 
 def _worker(rank: int, world: int, tmp: str) -> None:
@@ -218,6 +139,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
 LOSSES = {"dcl": lambda a, b, **kw: dcl(a, b, 0.2, **kw), "dclw": lambda a, b, **kw: dclw(a, b, 0.2, 0.5, **kw)}
 
 
+@pytest.mark.distributed
 def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     # fork: the children inherit the imported modules (spawn would re-import torch and timm, ~10 s)
     mp.start_processes(_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")

@@ -1,14 +1,12 @@
-"""BYOL, SimSiam, Barlow Twins, VICReg: losses against slow loops written from the papers'
-equations, stop-gradients, BYOL's EMA target, views, and 2 processes == 1 process."""
+"""BYOL, SimSiam, Barlow Twins, VICReg losses (selfsup.losses.noncontrastive) against slow loops written
+from the papers' equations, stop-gradients, fp32 statistics, and 2 processes == 1 process."""
 import math
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 
-from selfsup.data.augment import ViewMaker
 from selfsup.losses.noncontrastive import (
     barlow_twins_loss,
     byol_loss,
@@ -17,21 +15,8 @@ from selfsup.losses.noncontrastive import (
     vicreg_terms,
     vicreg_variance,
 )
-from selfsup.methods import create_method
-from selfsup.models.backbones import create_backbone
 
-SIZE = 16
-SMALL_HEADS = {
-    "byol": dict(proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32),
-    "simsiam": dict(proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=8),
-    "barlowtwins": dict(proj_hidden_dim=32, proj_dim=16),
-    "vicreg": dict(proj_hidden_dim=32, proj_dim=16),
-}
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 def pairs(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +25,7 @@ def pairs(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return z_a, z_a + torch.randn(n, d, generator=gen, dtype=torch.float64)
 
 
-# --------------------------------------------------------------------------- slow references
+# ----------------------------------------------------------------------------- slow references
 
 
 def cos(u, v) -> float:
@@ -107,7 +92,7 @@ def vicreg_reference(z_a, z_b, lam: float, mu: float, nu: float, gamma: float = 
     return lam * invariance + mu * (variance(a) + variance(b)) / 2 + nu * (covariance(a) + covariance(b))
 
 
-# --------------------------------------------------------------------------- losses
+# ----------------------------------------------------------------------------- losses
 
 
 @pytest.mark.parametrize("n,d", [(2, 3), (8, 16), (5, 7)])
@@ -181,7 +166,7 @@ def test_statistics_stay_fp32_under_autocast():
         assert got.dtype == torch.float32 and torch.allclose(got, want, rtol=1e-6)
 
 
-# --------------------------------------------------------------------------- 2 processes == 1
+# ----------------------------------------------------------------------------- 2 processes == 1
 
 
 def _distributed_worker(rank: int, world: int, tmp: str, z_a, z_b) -> None:
@@ -203,6 +188,7 @@ def _distributed_worker(rank: int, world: int, tmp: str, z_a, z_b) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.distributed
 def test_two_processes_on_a_split_batch_equal_one_process_on_the_whole(tmp_path):
     z_a, z_b = (t.float() for t in pairs(8, 5, seed=3))
     # fork, not spawn: the children reuse the imported modules (a spawn re-imports for ~10 s).
@@ -216,86 +202,3 @@ def test_two_processes_on_a_split_batch_equal_one_process_on_the_whole(tmp_path)
             assert torch.allclose(got_loss, loss.detach(), atol=1e-6), name
             assert torch.allclose(grad_a, full[0].grad[rank * 4 : (rank + 1) * 4], atol=1e-6), name
             assert torch.allclose(grad_b, full[1].grad[rank * 4 : (rank + 1) * 4], atol=1e-6), name
-
-
-# --------------------------------------------------------------------------- methods
-
-
-def build(name: str, **overrides):
-    torch.manual_seed(0)
-    backbone = create_backbone("test_resnet", small_stem=True, in_chans=1)
-    return create_method(name, backbone, image_size=SIZE, **{**SMALL_HEADS[name], **overrides})
-
-
-def make_views(method, batch: int = 8, seed: int = 0):
-    images = torch.randint(0, 256, (batch, 1, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    return ViewMaker(method.views, mean=(0.5,), std=(0.25,))(images, torch.Generator().manual_seed(seed))
-
-
-class ConstantPredictor(nn.Module):
-    """Ignores its input: the only path from the loss to the backbone is then the target's."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.out = nn.Parameter(torch.randn(dim))
-
-    def forward(self, z):
-        return self.out.expand(len(z), -1)
-
-
-@pytest.mark.parametrize("name", ["byol", "simsiam"])
-def test_no_gradient_flows_through_the_target_branch(name):
-    method = build(name).train()
-    method.predictor = ConstantPredictor(16)
-    method(make_views(method), torch.zeros(8), {})["loss"].backward()
-    assert method.predictor.out.grad.abs().sum() > 0
-    for param_name, p in method.named_parameters():
-        if not param_name.startswith("predictor"):
-            assert p.grad is None or p.grad.abs().sum() == 0, param_name
-
-
-def test_byol_target_is_an_exact_moving_average_and_gets_no_gradient():
-    method = build("byol", momentum_base=0.8).train()
-    online = [*method.backbone.parameters(), *method.projector.parameters()]
-    target = [*method.target_backbone.parameters(), *method.target_projector.parameters()]
-    assert all(torch.equal(t, o) and not t.requires_grad for t, o in zip(target, online))
-    expected = [p.detach().clone() for p in online]
-    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
-    taus = method.schedules(total_steps=4, steps_per_epoch=2)["ema_momentum"]
-    assert taus[0] == 0.8 and all(taus[1:] > taus[:-1]) and taus[-1] < 1
-    for step in range(4):
-        values = {"lr": 0.5, "ema_momentum": float(taus[step])}
-        method(make_views(method, seed=step), torch.zeros(8), values)["loss"].backward()
-        assert all(t.grad is None for t in target)
-        optimizer.step()
-        optimizer.zero_grad()
-        method.on_step_end(values)
-        expected = [taus[step] * e + (1 - taus[step]) * o.detach() for e, o in zip(expected, online)]
-        for t, e in zip(target, expected):
-            assert torch.allclose(t, e, rtol=0, atol=1e-6)
-    assert any(not torch.allclose(t, o) for t, o in zip(target, online)), "the target should lag the online network"
-    for t_buf, o_buf in zip(method.target_backbone.buffers(), method.backbone.buffers()):
-        assert torch.equal(t_buf, o_buf)  # BN statistics are copied
-
-
-def test_views():
-    byol_64 = create_method("byol", create_backbone("test_resnet", small_stem=True), image_size=64)
-    (first, n1), (second, n2) = byol_64.views
-    assert n1 == n2 == 1 and (first.blur_p, second.blur_p) == (1.0, 0.1)
-    assert (first.solarize_p, second.solarize_p) == (0.0, 0.2)
-    assert first.saturation == 0.2 and first.brightness == 0.4
-    for name in ("barlowtwins", "vicreg"):  # BYOL's augmentations; no blur at 16 px
-        (first, _), (second, _) = build(name).views
-        assert (first.solarize_p, second.solarize_p, first.blur_p, second.blur_p) == (0.0, 0.2, 0.0, 0.0)
-    ((spec, count),) = build("simsiam").views
-    assert count == 2 and tuple(spec.crop_scale) == (0.2, 1.0) and spec.saturation == 0.4
-
-
-@pytest.mark.parametrize("name", ["barlowtwins", "vicreg"])
-def test_method_loss_is_the_loss_of_its_projections(name):
-    method = build(name).train()
-    views = make_views(method)
-    loss = method(views, torch.zeros(8), {})["loss"]
-    z_a, z_b = method.projector(method.backbone(torch.cat(views))).chunk(2)
-    want = barlow_twins_loss(z_a, z_b) if name == "barlowtwins" else vicreg_loss(z_a, z_b)
-    assert torch.allclose(loss, want, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""Losses against slow references written from the papers' equations."""
+"""NT-Xent (selfsup.losses.contrastive) against a slow reference written from SimCLR's Algorithm 1."""
 import math
 
 import pytest
