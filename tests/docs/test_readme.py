@@ -337,3 +337,13 @@ def test_readme_python_blocks_run(work, monkeypatch):
     assert blocks, "the README shows no Python"
     for block in blocks:
         exec(compile(block, "README.md (python block)", "exec"), namespace)
+
+
+def test_readme_lists_the_whole_public_api():
+    """Every name ``selfsup`` exports appears in the README (its Python API table), and no more."""
+    text = README.read_text()
+    table = text[text.index("What `selfsup` exports, by role"):]
+    table = table[: table.index("\n\n", table.index("| role"))]
+    listed = set(re.findall(r"`(\w+)`", table[table.index("| role"):]))
+    exported = set(selfsup.__all__) - {"__version__"}
+    assert listed == exported, f"missing from the README: {sorted(exported - listed)}; not exported: {sorted(listed - exported)}"
