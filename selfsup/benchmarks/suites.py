@@ -22,7 +22,7 @@ A **suite file** (``selfsup/benchmarks/suites/*.yaml``) says what to train and w
     out: eval/results/benchmark-digits-{date}.md   # {date}: today, YYYY-MM-DD (results are dated history)
     overrides: [trainer.epochs=20]             # for every row's training command
     rows:
-      - {name: simclr, recipe: simclr-digits, random_baseline: true}   # + a "random init" row
+      - {name: simclr, recipe: simclr-digits, random_baseline: true}   # + two "random init" rows
       - {name: supervised, recipe: supervised-digits, overrides: []}
 
 For each row and seed the runner runs (or reuses) ``selfsup train RECIPE <protocol data/eval keys>
@@ -32,9 +32,11 @@ reused when its ``config.yaml`` equals what the command would resolve to (everyt
 kNN and the linear probe come from the run's own end-of-training evaluation (``eval.json``) of the
 final encoder; the fine-tuning protocol runs ``selfsup eval RUN --protocol finetune ...`` (reused
 when ``eval.json`` already holds a result with the same settings). ``random_baseline: true``
-evaluates a randomly initialised encoder of the same architecture (``eval_random_init.json``) and,
-for fine-tuning, trains it from scratch (``finetune_scratch``). A supervised row also reports its
-own head (``classifier``). Every number is the final checkpoint's, never a best epoch.
+adds two rows, randomly initialised encoders of the same architecture: timm's own init
+(``eval_random_init.json``; for fine-tuning, trained from scratch: ``finetune_scratch``) and PyTorch's
+``reset_parameters()`` on every module (``eval_random_init_torch_default.json``; BN weight 1, the
+stronger one for ResNets). A supervised row also reports its own head (``classifier``). Every number
+is the final checkpoint's, never a best epoch.
 
 The table shows mean +- sample standard deviation (n - 1) over seeds, in percent; the per-seed
 values and every command follow it, and a JSON file beside the markdown holds all results.
@@ -60,6 +62,7 @@ from selfsup.config import config_to_dict, load_config, resolve_config
 from selfsup.core.errors import ConfigError
 from selfsup.evaluation.finetune import validate_finetune
 from selfsup.runs.evaluate import evaluate_run
+from selfsup.runs.summary import RANDOM_BASELINES
 from selfsup.runs.train import train
 
 PROTOCOLS_DIR = Path(__file__).resolve().parent / "protocols"  # packaged protocol files
@@ -260,7 +263,7 @@ def reusable(args: list[str]) -> bool:
     run = Path(cfg.run.dir)
     if not ((run / "config.yaml").is_file() and (run / "eval.json").is_file() and (run / "encoder").is_dir()):
         return False
-    if cfg.eval.random_baseline and not (run / "eval_random_init.json").is_file():
+    if cfg.eval.random_baseline and not all((run / file).is_file() for file, _ in RANDOM_BASELINES.values()):
         return False
     try:
         saved = config_to_dict(resolve_config(yaml.safe_load((run / "config.yaml").read_text())))
@@ -305,7 +308,7 @@ def run_suite(suite: Suite, *, cli: Callable[[list[str]], int] = run_command, lo
     for row in suite.rows:  # the table's row order, whatever finishes first
         table[row.name] = {}
         if row.random_baseline:
-            table[_random_name(row)] = {}
+            table.update({_random_name(row, key): {} for key in RANDOM_BASELINES})
     report: dict = {}
     for seed in suite.seeds:  # seed-major: an interrupted benchmark still has one seed of every row
         for row in suite.rows:
@@ -352,21 +355,25 @@ def run_suite(suite: Suite, *, cli: Callable[[list[str]], int] = run_command, lo
             if "train_time_s" in summary:  # how long the training took (not a protocol: kept out of the columns)
                 table[row.name][seed]["_train_time_s"] = summary["train_time_s"]
             if row.random_baseline:
-                random = _read_json(run / "eval_random_init.json")
-                if finetune:
+                default = _read_json(run / RANDOM_BASELINES["torch_default_init"][0])
+                table[_random_name(row, "torch_default_init")][seed] = _pick(default, suite.protocol.protocols)
+                random = _read_json(run / RANDOM_BASELINES["timm_init"][0])
+                if finetune:  # the from-scratch control starts from the backbone as built: timm's init
                     finetune_once("finetune_scratch", {**ft_settings, "from_scratch": True}, True,
-                                  f"random init ({row.name})", f"from scratch ({row.name} architecture)",
+                                  _random_name(row, "timm_init"), f"from scratch ({row.name} architecture)",
                                   "fine-tuning from scratch failed")
                     results = _read_json(run / "eval.json")
                 if finetune and "finetune_scratch" in results:
                     random["finetune"] = results["finetune_scratch"]
-                table[_random_name(row)][seed] = _pick(random, suite.protocol.protocols)
+                table[_random_name(row, "timm_init")][seed] = _pick(random, suite.protocol.protocols)
             report = _write(suite, table, commands, started, log)
     return report
 
 
-def _random_name(row: Row) -> str:
-    return f"random init ({row.name} arch.)"
+def _random_name(row: Row, init: str) -> str:
+    """The table row of one of ``row``'s random-init baselines (``init``: a key of RANDOM_BASELINES)."""
+    return {"timm_init": f"random init, timm's ({row.name} arch.)",
+            "torch_default_init": f"random init, PyTorch default ({row.name} arch.)"}[init]
 
 
 def _write(suite: Suite, table: dict, commands: list[dict], started: float, log: Callable[[str], None]) -> dict:
@@ -449,9 +456,11 @@ def format_markdown(suite: Suite, table: dict[str, dict[int, dict]], commands: l
     if any(times.values()):
         lines += ["", "Training time per run (the trainer's wall clock, this machine): " + "; ".join(
             f"{name} {statistics.fmean(t) / 60:.1f} min" for name, t in times.items() if t) + "."]
-    lines += ["", "Notes: the random-init row evaluates a randomly initialised encoder of the same architecture "
-              "(kNN / linear probe on its frozen features); its fine-tune cell is the train-from-scratch control "
-              "(same schedule, random initialisation). The own-head column is a supervised model's classifier.", "",
+    lines += ["", "Notes: the random-init rows evaluate randomly initialised encoders of the same architecture "
+              "(kNN / linear probe on their frozen features), initialised by timm (which zeroes the last BN of "
+              "each ResNet block) and by PyTorch's reset_parameters() on every module (BN weight 1); the timm "
+              "row's fine-tune cell is the train-from-scratch control (same schedule, random initialisation). "
+              "The own-head column is a supervised model's classifier.", "",
               "Commands (from the repository root). `# reused`: the run directory already held this training (its "
               "config.yaml equals what the command resolves to) or eval.json already held this fine-tuning result "
               "(same settings), so it did not run again.", "",

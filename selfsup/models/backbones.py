@@ -23,7 +23,8 @@ from torch import nn
 from selfsup.core.errors import ConfigError
 from selfsup.models.sequence_backbones import SEQUENCE_BACKBONES
 
-__all__ = ["create_backbone", "list_backbones", "apply_small_stem", "is_sequence_backbone", "default_model_args"]
+__all__ = ["create_backbone", "list_backbones", "apply_small_stem", "is_sequence_backbone", "default_model_args",
+           "reset_to_torch_defaults"]
 
 _SMALL_STEM_HELP = "supported: ResNet-family timm models with conv1 + maxpool, e.g. resnet18, resnet50, resnet10t"
 
@@ -151,3 +152,19 @@ def _create_sequence_backbone(name: str, small_stem: bool, pretrained: bool, in_
         return SEQUENCE_BACKBONES.get(name)(in_chans=in_chans, **model_args)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad backbone arguments for {name} {sorted(model_args)}: {exc}") from exc
+
+
+def reset_to_torch_defaults(model: nn.Module) -> nn.Module:
+    """Re-initialise ``model`` in place with PyTorch's own ``reset_parameters()`` on every module; returns it.
+
+    timm's ResNets zero-initialise the last BatchNorm of every residual block (``zero_init_last``), so a
+    random timm ResNet is nearly the identity and makes a weak random baseline. PyTorch's defaults
+    (BatchNorm weight 1 and fresh running statistics, Kaiming-uniform convolutions and linears; what
+    torchvision's ResNets do with ``zero_init_residual=False``) give a far stronger one. Modules without
+    ``reset_parameters`` keep their weights; draw from the global RNG (seed it first for a fixed copy).
+    """
+    for module in model.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return model

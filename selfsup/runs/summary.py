@@ -15,14 +15,53 @@ from selfsup.config import Config
 from selfsup.engine.run_log import read_metrics
 from selfsup.runs.curves import plot_run, plots_available
 
+# The encoders ``eval.random_baseline`` evaluates beside the pretrained one: the same architecture, initialised
+# from ``trainer.seed``, two ways. key -> (file in the run directory, name in tables).
+RANDOM_BASELINES = {
+    "timm_init": ("eval_random_init.json", "random init (timm's own: last BN of each block zeroed)"),
+    "torch_default_init": ("eval_random_init_torch_default.json",
+                           "random init (PyTorch's reset_parameters(): BN weight 1)"),
+}
+
+
+def read_random_baselines(run_dir: Path) -> dict[str, dict]:
+    """The random-init baselines' results a run wrote, keyed like :data:`RANDOM_BASELINES` (absent ones skipped)."""
+    out = {}
+    for key, (file, _) in RANDOM_BASELINES.items():
+        if (run_dir / file).is_file():
+            out[key] = json.loads((run_dir / file).read_text())
+    return out
+
+
+def compare_with_random(results: dict, baselines: dict[str, dict]) -> dict[str, dict]:
+    """Per protocol, the pretrained encoder's top-1 against the STRONGER random init's (which one is named).
+
+    ``results``: ``{protocol: {"top1": ...}}`` (eval.json); ``baselines``: ``{init key: such a dict}``.
+    Returns ``{protocol: {"pretrained", "random", "stronger_init", "margin", "beats"}}`` for every protocol
+    that the pretrained encoder and at least one baseline report.
+    """
+    out = {}
+    for protocol, value in results.items():
+        top1 = value.get("top1") if isinstance(value, dict) else None
+        scores = {key: base[protocol]["top1"] for key, base in baselines.items()
+                  if isinstance(base.get(protocol), dict) and isinstance(base[protocol].get("top1"), (int, float))}
+        if not isinstance(top1, (int, float)) or not scores:
+            continue
+        stronger = max(scores, key=lambda key: scores[key])
+        out[protocol] = {"pretrained": top1, "random": scores[stronger], "stronger_init": stronger,
+                         "margin": top1 - scores[stronger], "beats": top1 > scores[stronger]}
+    return out
+
 
 def run_summary(run_dir: Path, cfg: Config, *, total_steps: int, results: dict, plots: list[Path]) -> dict[str, Any]:
-    """The run's key numbers: steps, time, throughput, losses, evaluation, where things are."""
+    """The run's key numbers: steps, time, throughput, losses, evaluation (against the stronger random init
+    with ``eval.random_baseline``), where things are."""
     rows = read_metrics(run_dir)
     last = rows[-1] if rows else {}
     losses = [row["loss"] for row in rows if isinstance(row.get("loss"), (int, float))]
     seconds = last.get("time_s")
     checkpoints = list_checkpoints(run_dir / "checkpoints")
+    baselines = read_random_baselines(run_dir) if cfg.eval.random_baseline and results else {}
     return {
         "run_dir": str(run_dir), "method": cfg.method.name, "backbone": cfg.backbone.name,
         "steps": last.get("step", 0), "total_steps": total_steps, "epochs": last.get("epoch"),
@@ -31,6 +70,9 @@ def run_summary(run_dir: Path, cfg: Config, *, total_steps: int, results: dict, 
         "final_loss": losses[-1] if losses else None, "best_loss": min(losses) if losses else None,
         "skipped_steps": last.get("skipped_steps", 0),
         "eval": {name: value.get("top1") for name, value in results.items() if isinstance(value, dict)},
+        "random_baselines": {key: {name: value.get("top1") for name, value in base.items() if isinstance(value, dict)}
+                             for key, base in baselines.items()},
+        "vs_random": compare_with_random(results, baselines),
         "encoder": str(run_dir / "encoder"),
         "checkpoint": str(checkpoints[-1]) if checkpoints else None,
         "plots": [str(p) for p in plots],
@@ -50,8 +92,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(("loss", f"{s['final_loss']:.4f} final, {s['best_loss']:.4f} best"))
     if s["skipped_steps"]:
         lines.append(("skipped steps", f"{s['skipped_steps']} (non-finite loss or gradient)"))
+    vs_random = s.get("vs_random", {})
     for name, top1 in s["eval"].items():
-        lines.append((f"{name} top-1", f"{100 * top1:.2f}%" if isinstance(top1, (int, float)) else str(top1)))
+        text = f"{100 * top1:.2f}%" if isinstance(top1, (int, float)) else str(top1)
+        if name in vs_random:
+            c = vs_random[name]
+            text += (f"  vs {100 * c['random']:.2f}% {RANDOM_BASELINES[c['stronger_init']][1]}, the stronger random "
+                     f"init: {100 * c['margin']:+.2f} points" + ("" if c["beats"] else " (does NOT beat it)"))
+        lines.append((f"{name} top-1", text))
     lines.append(("encoder", s["encoder"]))
     if s["checkpoint"]:
         lines.append(("checkpoint", s["checkpoint"]))

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from selfsup.models.backbones import create_backbone, default_model_args, is_sequence_backbone
+from selfsup.models.backbones import create_backbone, default_model_args, is_sequence_backbone, reset_to_torch_defaults
 from selfsup.config import Config, config_to_dict, save_config, validate_config, validate_paths
 from selfsup.data import Split, open_split
 from selfsup.core.distributed import broadcast_module_state
@@ -17,7 +17,7 @@ from selfsup.evaluation.protocols import evaluate, evaluation_features, format_t
 from selfsup.runs.export import export_encoder
 from selfsup.methods import METHODS, create_method
 from selfsup.methods.base import Method
-from selfsup.runs.summary import finish_run
+from selfsup.runs.summary import RANDOM_BASELINES, finish_run
 from selfsup.engine.build import build_method, make_accelerator
 from selfsup.engine.trainer import Trainer
 
@@ -63,8 +63,9 @@ def train(cfg: Config) -> dict:
 
 def _evaluate_at_end(cfg: Config, trainer: Trainer, train_data: Split, run_dir: Path, acc: Accelerator) -> dict:
     """kNN / linear probe on the trained encoder (plus the method's own classifier head, if any) and,
-    with ``eval.random_baseline``, on a randomly initialised one; rank 0 writes eval.json
-    (eval_random_init.json) and returns the results, the other ranks return ``{}``.
+    with ``eval.random_baseline``, on two randomly initialised copies of its architecture (timm's own init and
+    PyTorch's ``reset_parameters()``: :data:`~selfsup.runs.summary.RANDOM_BASELINES`); rank 0 writes eval.json
+    (and the baselines' files) and returns the pretrained encoder's results, the other ranks return ``{}``.
 
     One process: each encoder is evaluated in turn. Several: every rank runs the encoders on its share
     of both splits and gets all the features (each sample counted once); both encoders' features are
@@ -81,9 +82,10 @@ def _evaluate_at_end(cfg: Config, trainer: Trainer, train_data: Split, run_dir: 
     runs = [("eval.json", method.encoder, method if hasattr(method, "classify") else None, run_dir / "features",
              run_dir / "plots" if cfg.run.plots else None)]
     if cfg.eval.random_baseline:
-        random_encoder = build_method(cfg, train_data).encoder.to(acc.device)
-        broadcast_module_state(random_encoder)  # the same weights on every rank, whatever the seeding did
-        runs.append(("eval_random_init.json", random_encoder, None, None, None))
+        for key, (file, _) in RANDOM_BASELINES.items():
+            random_encoder = random_init_encoder(cfg, train_data, key).to(acc.device)
+            broadcast_module_state(random_encoder)  # the same weights on every rank, whatever the seeding did
+            runs.append((file, random_encoder, None, None, None))
     extracted = [None] * len(runs)  # one process: evaluate() extracts as it goes, one encoder at a time
     if shard:
         extracted = [evaluation_features(encoder, train_data, val_data, cfg.eval, device=acc.device,
@@ -97,8 +99,19 @@ def _evaluate_at_end(cfg: Config, trainer: Trainer, train_data: Split, run_dir: 
                                  cache_dir=cache_dir, plots_dir=plots_dir, features=features)
         (run_dir / name).write_text(json.dumps(results[name], indent=2) + "\n")
     rows = {f"{cfg.method.name} (pretrained)": results["eval.json"]}
-    if "eval_random_init.json" in results:
-        rows["random init (same architecture)"] = results["eval_random_init.json"]
+    rows.update({label: results[file] for file, label in RANDOM_BASELINES.values() if file in results})
     print(format_table(rows))
     return results["eval.json"]
 
+
+def random_init_encoder(cfg: Config, data: Split, init: str) -> torch.nn.Module:
+    """A randomly initialised encoder of the run's architecture (seeded by ``trainer.seed``): ``init`` is
+    ``timm_init`` (as the backbone factory builds it) or ``torch_default_init`` (then PyTorch's
+    ``reset_parameters()`` on every module)."""
+    encoder = build_method(cfg, data).encoder
+    if init == "torch_default_init":
+        torch.manual_seed(cfg.trainer.seed)
+        reset_to_torch_defaults(encoder)
+    elif init != "timm_init":
+        raise ValueError(f"unknown random init {init!r}; known: {sorted(RANDOM_BASELINES)}")
+    return encoder

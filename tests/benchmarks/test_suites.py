@@ -46,6 +46,10 @@ def write_suite(tmp_path: Path, finetune_steps: int = 2, hflip: bool = False) ->
     return tmp_path / "suite.yaml"
 
 
+# The two random-init rows of a `random_baseline: true` row (timm's init; PyTorch's reset_parameters()).
+TIMM_ROW, DEFAULT_ROW = "random init, timm's (simclr arch.)", "random init, PyTorch default (simclr arch.)"
+
+
 class Spy:
     """Runs selfsup in-process and records which subcommands the runner asked for."""
 
@@ -67,20 +71,23 @@ def test_runner_end_to_end_on_digits(tmp_path):
     assert len(evals) == 6  # fine-tune each of the 4 encoders + 2 from-scratch controls
     assert sum("eval.finetune.from_scratch=true" in c for c in evals) == 2
     rows = report["rows"]
-    assert set(rows) == {"simclr", "random init (simclr arch.)", "supervised"}
-    for per_seed in rows.values():
+    assert set(rows) == {"simclr", TIMM_ROW, DEFAULT_ROW, "supervised"}
+    for name, per_seed in rows.items():
         assert set(per_seed) == {0, 1}
+        if name == DEFAULT_ROW:  # frozen-feature protocols only: the from-scratch control is the timm row's
+            assert all("knn_k5" in r and "finetune" not in r for r in per_seed.values())
+            continue
         for result in per_seed.values():
             assert {"knn_k5", "finetune"} <= set(result) and "linear" not in result
             assert result["finetune"]["steps"] == 2  # the final step's model, never a best epoch
     assert all("classifier" in r for r in rows["supervised"].values())  # the supervised head's own top-1
-    assert rows["random init (simclr arch.)"][0]["finetune"]["settings"]["from_scratch"] is True
+    assert rows[TIMM_ROW][0]["finetune"]["settings"]["from_scratch"] is True
 
     md = (tmp_path / "results" / "table.md").read_text()
     values = [100 * rows["supervised"][s]["knn_k5"]["top1"] for s in (0, 1)]
     cell = f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
     assert f"| supervised | {cell} |" in md
-    assert "| random init (simclr arch.) |" in md and "own head (supervised)" in md
+    assert f"| {TIMM_ROW} |" in md and f"| {DEFAULT_ROW} |" in md and "own head (supervised)" in md
     for args in trains + evals:  # every command that ran is written out in full
         assert " ".join(args[:3]) in md
     assert "trainer.seed=1" in md and f"run.dir={tmp_path / 'runs' / 'supervised-seed1'}" in md
@@ -103,7 +110,7 @@ def test_runner_end_to_end_on_digits(tmp_path):
     # (written at training time) still holds the old value: the eval commands spell out every key.
     write_suite(tmp_path, finetune_steps=1, hflip=True)
     fourth = run_suite(load_suite(suite_file), cli=Spy(), log=lambda _: None)
-    assert fourth["rows"]["random init (simclr arch.)"][1]["finetune"]["settings"]["hflip_p"] == 0.5
+    assert fourth["rows"][TIMM_ROW][1]["finetune"]["settings"]["hflip_p"] == 0.5
 
     # Other training settings: the run directory no longer matches, so it would be retrained.
     suite = load_suite(suite_file, overrides=["trainer.max_steps=3"])

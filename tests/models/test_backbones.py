@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from selfsup.core.errors import ConfigError
-from selfsup.models.backbones import create_backbone, list_backbones
+from selfsup.models.backbones import create_backbone, list_backbones, reset_to_torch_defaults
 
 
 def _stem_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -78,3 +78,20 @@ def test_list_backbones() -> None:
     assert "resnet18" in names and "resnet10t" in names
     assert all(n.startswith("resnet1") for n in names)
     assert len(list_backbones()) > 100
+
+
+def test_reset_to_torch_defaults_undoes_timms_zeroed_last_bn() -> None:
+    """timm zero-initialises the last BN of every ResNet block; PyTorch's reset_parameters() sets every BN
+    weight to 1 and draws fresh convolutions (seeded by the global RNG)."""
+    torch.manual_seed(0)
+    model = create_backbone("resnet18", small_stem=True)
+    zeroed = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and not m.weight.any()]
+    assert len(zeroed) == 8  # one per BasicBlock
+    conv = model.conv1.weight.clone()
+    torch.manual_seed(0)
+    reset = dict(reset_to_torch_defaults(model).named_modules())
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in reset.values() if isinstance(m, nn.BatchNorm2d))
+    assert not torch.equal(model.conv1.weight, conv)
+    again = create_backbone("resnet18", small_stem=True)
+    torch.manual_seed(0)
+    assert torch.equal(reset_to_torch_defaults(again).conv1.weight, model.conv1.weight)  # reproducible from the seed

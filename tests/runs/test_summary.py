@@ -49,7 +49,7 @@ def test_training_run_outputs(tmp_path, capsys, monkeypatch):
         losses = [(e.step, e.value) for e in events.Scalars("train/loss")]
         assert losses == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in rows]
     if plots_available():
-        assert summary["plots"] == [str(tmp_path / "plots" / "loss_lr.png")]
+        assert summary["plots"][0] == str(tmp_path / "plots" / "loss_lr.png")  # then the online monitor's, if any
         assert (tmp_path / "plots" / "loss_lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -62,3 +62,22 @@ def test_without_the_optional_extras_the_core_still_works(tmp_path, capsys, monk
     assert re.search(r"plots +none \(pip install 'selfsup\[plots\]'\)", capsys.readouterr().out)
     assert main(["plot", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "selfsup: error: plots need matplotlib: pip install 'selfsup[plots]'"
+
+
+def test_compare_with_random_picks_the_stronger_init_per_protocol():
+    from selfsup.runs.summary import compare_with_random, format_summary
+
+    pretrained = {"knn_k20": {"top1": 0.95}, "linear": {"top1": 0.96}, "classifier": {"top1": 0.99}}
+    baselines = {"timm_init": {"knn_k20": {"top1": 0.77}, "linear": {"top1": 0.97}},
+                 "torch_default_init": {"knn_k20": {"top1": 0.91}, "linear": {"top1": 0.90}}}
+    vs = compare_with_random(pretrained, baselines)
+    assert set(vs) == {"knn_k20", "linear"}  # no baseline reports the supervised head
+    assert vs["knn_k20"]["stronger_init"] == "torch_default_init" and vs["knn_k20"]["beats"]
+    assert vs["knn_k20"]["random"] == 0.91 and vs["knn_k20"]["margin"] == pytest.approx(0.04)
+    assert vs["linear"]["stronger_init"] == "timm_init" and not vs["linear"]["beats"]
+    table = format_summary({"run_dir": "r", "method": "simclr", "backbone": "resnet18", "steps": 1, "total_steps": 1,
+                            "epochs": None, "train_time_s": None, "images_per_s": None, "final_loss": None,
+                            "skipped_steps": 0, "eval": {k: v["top1"] for k, v in pretrained.items()},
+                            "vs_random": vs, "encoder": "e", "checkpoint": None, "plots": []})
+    assert re.search(r"knn_k20 top-1 +95\.00%  vs 91\.00% random init \(PyTorch's reset_parameters\(\)", table), table
+    assert re.search(r"linear top-1 +96\.00%  vs 97\.00% random init \(timm's own.*-1\.00 points \(does NOT beat", table)

@@ -21,6 +21,38 @@ def test_run_directory_contents(tmp_path):
     assert {"lr", "weight_decay", "images_per_s", "epoch"} <= set(rows[0])
 
 
+def test_random_baseline_evaluates_both_inits_and_the_summary_names_the_stronger(tmp_path, capsys):
+    """``eval.random_baseline``: timm's init (last BN of each block zeroed) and PyTorch's reset_parameters()
+    (BN weight 1) are both evaluated, into their own files; the summary compares with the stronger one."""
+    from selfsup.data import open_split
+    from selfsup.runs.summary import RANDOM_BASELINES
+    from selfsup.runs.train import random_init_encoder
+
+    cfg = tiny_config(tmp_path, "trainer.max_steps=1", "eval.at_end=true", "eval.random_baseline=true",
+                      "eval.knn_k=[3]", "eval.linear=false", "run.plots=false", "run.tensorboard=false")
+    pretrained = train(cfg)
+    out = capsys.readouterr().out
+    data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
+    timm_bn = {n: m.weight for n, m in random_init_encoder(cfg, data, "timm_init").named_modules()
+               if isinstance(m, torch.nn.BatchNorm2d)}
+    default_bn = {n: m.weight for n, m in random_init_encoder(cfg, data, "torch_default_init").named_modules()
+                  if isinstance(m, torch.nn.BatchNorm2d)}
+    zeroed = [n for n, w in timm_bn.items() if not w.any()]  # timm's zero_init_last: one per residual block
+    assert zeroed and timm_bn.keys() == default_bn.keys()
+    assert all(torch.equal(w, torch.ones_like(w)) for w in default_bn.values())
+    baselines = {key: json.loads((tmp_path / file).read_text()) for key, (file, _) in RANDOM_BASELINES.items()}
+    assert all(base.keys() == pretrained.keys() for base in baselines.values())
+    for _, label in RANDOM_BASELINES.values():  # the end-of-run table names both
+        assert label in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["random_baselines"] == {k: {p: v["top1"] for p, v in b.items()} for k, b in baselines.items()}
+    for protocol, row in summary["vs_random"].items():
+        stronger = max(baselines, key=lambda k: baselines[k][protocol]["top1"])
+        assert row["stronger_init"] == stronger and row["random"] == baselines[stronger][protocol]["top1"]
+        assert row["margin"] == pytest.approx(pretrained[protocol]["top1"] - row["random"])
+    assert set(summary["vs_random"]) == set(pretrained) and "the stronger random init" in out
+
+
 # ----------------------------------------------------------------------------- 2 processes
 
 
@@ -55,10 +87,11 @@ def test_two_process_train_shards_evaluation_and_rank_0_alone_reports(eval_ranks
 
     from selfsup.config import load_config
     from selfsup.data import open_split
-    from selfsup.engine.build import build_method
     from selfsup.evaluation.features import extract_features
     from selfsup.evaluation.protocols import evaluate
     from selfsup.runs.export import load_encoder
+    from selfsup.runs.summary import RANDOM_BASELINES
+    from selfsup.runs.train import random_init_encoder
 
     (r0, r1), out_dir = eval_ranks
     run = out_dir / "run"
@@ -77,9 +110,10 @@ def test_two_process_train_shards_evaluation_and_rank_0_alone_reports(eval_ranks
     for name, data in (("train", train), ("val", val)):
         expected = extract_features(encoder, data.images, train.mean, train.std, progress=False)
         torch.testing.assert_close(cached[name], expected, atol=1e-5, rtol=1e-5)
-    # The random-init baseline: the same encoder as one process builds, evaluated on all the rows.
-    baseline = json.loads((run / "eval_random_init.json").read_text())
-    single = evaluate(build_method(cfg, train).encoder, train, val, cfg.eval, progress=False)
-    assert baseline.keys() == single.keys()
-    for key in single:  # features agree to ~1e-6: at most a near-tie may flip one prediction
-        assert abs(baseline[key]["top1"] - single[key]["top1"]) <= 1 / len(val) + 1e-9, (key, baseline, single)
+    # The random-init baselines: the same encoders as one process builds, evaluated on all the rows.
+    for init, (file, _) in RANDOM_BASELINES.items():
+        baseline = json.loads((run / file).read_text())
+        single = evaluate(random_init_encoder(cfg, train, init), train, val, cfg.eval, progress=False)
+        assert baseline.keys() == single.keys()
+        for key in single:  # features agree to ~1e-6: at most a near-tie may flip one prediction
+            assert abs(baseline[key]["top1"] - single[key]["top1"]) <= 1 / len(val) + 1e-9, (init, key, baseline, single)
