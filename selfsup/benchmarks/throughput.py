@@ -45,6 +45,7 @@ def bench(cfg: Config, *, steps: int = 10, warmup: int = 3, rounds: int = 3) -> 
                 sync()
                 timings[name].append((time.perf_counter() - start) / steps)
             step += steps
+        monitor = _monitor_seconds(trainer) if trainer.monitor is not None else None
     per_step = {name: statistics.median(values) for name, values in timings.items()}
     batch = cfg.trainer.batch_size
     return {
@@ -55,7 +56,32 @@ def bench(cfg: Config, *, steps: int = 10, warmup: int = 3, rounds: int = 3) -> 
         "ratio": per_step["model_only"] / per_step["end_to_end"],
         "augment_share": per_step["augment"] / per_step["end_to_end"],
         "peak_memory_mb": _peak_memory_mb(acc.device),
+        **_monitor_shares(monitor, cfg, trainer, per_step["end_to_end"]),
     }
+
+
+def _monitor_seconds(trainer: Trainer, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of the online monitor's periodic work: one kNN pass, one row's collapse indicators
+    (its per-step online classifier is inside the end-to-end step already)."""
+    monitor, times = trainer.monitor, {"knn": [], "indicators": []}
+    monitor.subsets()  # read once per run: not part of the periodic cost
+    for _ in range(repeats):
+        for name, run in (("knn", lambda: monitor.knn(trainer.method.encoder, shard=False)),
+                          ("indicators", lambda: monitor.indicators(gather=False))):
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _monitor_shares(seconds: dict[str, float] | None, cfg: Config, trainer: Trainer, step_s: float) -> dict:
+    """The monitor's periodic cost as a share of the step time, amortised over its intervals."""
+    if seconds is None:
+        return {"online_monitor": False}
+    knn_every, log_every = trainer.monitor.knn_every, cfg.trainer.log_every
+    knn_share = seconds["knn"] / (knn_every * step_s) if knn_every else 0.0
+    return {"online_monitor": True, "online_knn_s": seconds["knn"], "online_knn_every_steps": knn_every,
+            "online_knn_share": knn_share, "online_indicators_share": seconds["indicators"] / (log_every * step_s)}
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -183,8 +183,17 @@ class EvalConfig:
     linear: bool = True  # fit the linear probe (lr and weight decay chosen on held-out training images)
     linear_loss: Literal["softmax", "hinge"] = "softmax"  # linear probe: cross-entropy or Crammer-Singer multiclass SVM
     linear_solver: Literal["sgd", "lbfgs"] = "sgd"  # sgd: the lr x wd grid as parallel heads; lbfgs: exact, softmax only
-    random_baseline: bool = False  # also evaluate a randomly initialised encoder, for comparison
+    random_baseline: bool = False  # also evaluate 2 random inits of the architecture (timm's, PyTorch reset_parameters())
     batch_size: int = bounded(512, ge=1)  # images per batch when extracting features
+    # online monitoring during training (selfsup.engine.monitor): periodic kNN, online linear classifier on
+    # detached features, collapse indicators; it never changes the trained weights
+    online: bool = True  # monitor the run: rows get knn_online, online_linear_*, embedding_std, effective_rank
+    online_every: float = bounded(5.0, ge=0)  # epochs between online kNN rows (0: no online kNN)
+    online_every_steps: int | None = bounded(None, ge=1)  # steps between online kNN rows (overrides online_every)
+    online_knn_bank: int = bounded(1000, ge=1)  # training images in the online kNN's bank (fixed, seeded subset)
+    online_knn_queries: int = bounded(500, ge=1)  # held-out training images it classifies (disjoint from the bank)
+    online_knn_k: int = bounded(20, ge=1)  # neighbours of the online kNN
+    online_linear_lr: float = bounded(1e-3, gt=0)  # Adam lr of the online linear classifier
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 

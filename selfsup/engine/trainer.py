@@ -40,9 +40,10 @@ from selfsup.engine.checkpoint import (
     set_rng_state,
 )
 from selfsup.engine.guard import NonFiniteGuard
+from selfsup.engine.monitor import OnlineMonitor
 from selfsup.engine.optim import create_optimizer
 from selfsup.engine.run_log import MetricsLog, Window
-from selfsup.methods.base import Method
+from selfsup.methods.base import MONITOR_OUTPUTS, Method
 
 
 class EpochSampler:
@@ -103,6 +104,10 @@ class Trainer:
         self.guard = NonFiniteGuard(self.tc.nonfinite, self.method, accelerator.device,
                                     check_grads=accelerator.scaler is None,
                                     gather=accelerator.gather if accelerator.num_processes > 1 else None)
+        # online kNN / linear classifier / collapse indicators: reads labels, never the training RNG
+        self.monitor = OnlineMonitor(cfg.eval, data, num_features=self.method.backbone.num_features,
+                                     steps_per_epoch=self.sampler.steps_per_epoch, seed=self.tc.seed,
+                                     device=accelerator.device) if cfg.eval.online else None
         self.step, self.resumed = 0, False
         self.elapsed = 0.0  # seconds spent in the training loop, over all attempts (checkpointed)
         self._stop_signal: int | None = None
@@ -149,6 +154,8 @@ class Trainer:
                                   f"start afresh with resume=never or another run.dir") from None
         if self.acc.scaler is not None and state.get("scaler"):
             self.acc.scaler.load_state_dict(state["scaler"])
+        if self.monitor is not None and state.get("monitor"):
+            self.monitor.load_state_dict(state["monitor"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed_s", 0.0))
@@ -202,11 +209,14 @@ class Trainer:
                 self.step += 1
                 bar.update(1)
                 last = self.step == self.end_step or self._stop_signal is not None
-                if self.step % tc.log_every == 0 or last:
+                knn = self.monitor is not None and self.monitor.knn_due(self.step)
+                if self.step % tc.log_every == 0 or last or knn:
                     self._check_finite()
-                    row = self._log_row(*window.flush())
+                    row = self._log_row(*window.flush(), knn=knn)
                     bar.set_postfix(loss=f"{row['loss']:.4f}" if row["loss"] is not None else "skipped",
-                                    lr=f"{row['lr']:.3g}", img_s=f"{row['images_per_s']:.0f}")
+                                    lr=f"{row['lr']:.3g}", img_s=f"{row['images_per_s']:.0f}",
+                                    **{k: f"{row[k]:.3f}" for k in ("knn_online", "online_linear_acc",
+                                                                     "embedding_std") if row.get(k) is not None})
                 if self.step % tc.checkpoint_every == 0 or last:
                     self._check_finite()  # a checkpoint never holds the weights of a non-finite step
                     self.save()
@@ -245,11 +255,13 @@ class Trainer:
             group["weight_decay"] = values["weight_decay"] * group["wd_scale"]
         self.guard.begin_step()
         outputs: dict[str, torch.Tensor] = {}
+        seen: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []  # the monitor's share: features, labels
         for micro, (views, labels) in enumerate(batches):
             final = micro == tc.grad_accum - 1
             with acc.autocast(), (acc.no_sync(self.model) if not final else nullcontext()):
                 out = self.model(views, labels, values)
                 acc.backward(out["loss"] / tc.grad_accum)
+            seen.append(({k: out.pop(k).detach() for k in MONITOR_OUTPUTS if k in out}, labels))
             for key, value in out.items():
                 outputs[key] = outputs.get(key, 0) + value.detach().float() / tc.grad_accum
         self.method.on_after_backward(values)
@@ -260,6 +272,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.method.on_step_end(values)
+        if self.monitor is not None:  # the online classifier's step on detached features
+            outputs.update(self.monitor.update([o for o, _ in seen], [y for _, y in seen]))
         return outputs
 
     # ------------------------------------------------------------------ outputs
@@ -268,9 +282,14 @@ class Trainer:
         now = time.perf_counter()
         self.elapsed, self._clock = self.elapsed + now - self._clock, now
 
-    def _log_row(self, means: dict[str, float | None], steps: int, seconds: float) -> dict:
+    def _log_row(self, means: dict[str, float | None], steps: int, seconds: float, knn: bool = False) -> dict:
         self._tick()
         means = mean_over_processes(means)  # every rank logs its share's means; the row holds the global batch's
+        if self.monitor is not None:  # every rank takes part (gathered embeddings, sharded kNN features)
+            shard = self.acc.num_processes > 1
+            means.update(self.monitor.indicators(gather=shard))
+            if knn:
+                means.update(self.monitor.knn(self.method.encoder, shard=shard))
         row = {"step": self.step, "epoch": self.step / self.sampler.steps_per_epoch, **means,
                **self.values(self.step - 1), "images_per_s": steps * self.tc.batch_size / max(seconds, 1e-9),
                "time_s": round(self.elapsed, 3)}
@@ -293,6 +312,7 @@ class Trainer:
                 "rng": rng_state(),
                 "elapsed_s": self.elapsed,
                 "skipped_steps": self.guard.skipped,
+                "monitor": self.monitor.state_dict() if self.monitor is not None else None,
                 "meta": {"method": self.cfg.method.name, "backbone": self.cfg.backbone.name,
                          "small_stem": self.cfg.backbone.small_stem, "total_steps": self.total_steps,
                          "batch_size": self.tc.batch_size, "config": config_to_dict(self.cfg)},

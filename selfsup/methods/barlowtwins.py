@@ -29,6 +29,6 @@ class BarlowTwins(TwinProjectorMethod):
     paper = "Zbontar et al. 2021, arXiv:2103.03230"
 
     def training_step(self, views, labels, values):
-        z_a, z_b = self.project(views)
+        z_a, z_b, monitored = self.project(views)
         loss = barlow_twins_loss(z_a, z_b, self.cfg.lambd, gather=True)
-        return {"loss": loss}
+        return {"loss": loss, **monitored}

@@ -39,6 +39,10 @@ class LrRule:
             raise ConfigError(f"learning-rate scale {self.scale} must be > 0")
 
 
+# training_step's optional detached entries for the online monitor (see Method.training_step)
+MONITOR_OUTPUTS = ("features", "embeddings")
+
+
 class Method(nn.Module):
     """Base class: subclasses set ``config_class`` and implement ``training_step``.
 
@@ -100,7 +104,13 @@ class Method(nn.Module):
     def training_step(
         self, views: list[torch.Tensor], labels: torch.Tensor, values: dict[str, float]
     ) -> dict[str, torch.Tensor]:
-        """One step's loss. ``views``: float [B, C, h, w] each; returns {"loss": scalar, **logs}."""
+        """One step's loss. ``views``: float [B, C, h, w] each; returns {"loss": scalar, **logs}.
+
+        Logs are scalars. Two optional, detached entries feed the online monitor
+        (:mod:`selfsup.engine.monitor`) and are never logged as they are: ``"features"``, the backbone's
+        features [V * B, D] of V views stacked view-major (row ``v * B + i`` is image ``i``), for the online
+        linear classifier; ``"embeddings"`` [V * B, d], what the loss compares (projections), for the
+        collapse indicators. A method never reads ``labels`` unless ``uses_labels``."""
         raise NotImplementedError
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor, values: dict[str, float]) -> dict[str, torch.Tensor]:

@@ -87,11 +87,13 @@ class BYOL(Method):
         # One call per view, as Algorithm 1 batches each view on its own: BatchNorm normalises a view
         # over its own batch (2-epoch CIFAR-10, LARS: kNN k=200 0.319 / 0.298 over 2 seeds vs 0.308
         # with both views in one batch; no measurable difference).
-        p1, p2 = (self.predictor(self.projector(self.backbone(v))) for v in views)
+        h = [self.backbone(v) for v in views]
+        z = [self.projector(x) for x in h]
+        p1, p2 = (self.predictor(x) for x in z)
         with torch.no_grad():
             t1, t2 = (self.target_projector(self.target_backbone(v)) for v in views)
         loss = 0.5 * (byol_loss(p1, t2) + byol_loss(p2, t1))
-        return {"loss": loss}
+        return {"loss": loss, "features": torch.cat(h).detach(), "embeddings": torch.cat(z).detach()}
 
     @torch.no_grad()
     def on_step_end(self, values: dict[str, float]) -> None:

@@ -57,12 +57,13 @@ class _Decoupled(Method):
         raise NotImplementedError
 
     def training_step(self, views, labels, values):
-        z = self.head(self.backbone(torch.cat(views)))  # one backbone call for both views
+        h = self.backbone(torch.cat(views))  # one backbone call for both views
+        z = self.head(h)
         z_a, z_b = z.chunk(2)
         loss = self.loss(z_a, z_b)
         with torch.no_grad():
             pos_sim = torch.nn.functional.cosine_similarity(z_a, z_b, dim=1).mean().float()
-        return {"loss": loss, "pos_sim": pos_sim}
+        return {"loss": loss, "pos_sim": pos_sim, "features": h.detach(), "embeddings": z.detach()}
 
 
 @register_method("dcl")

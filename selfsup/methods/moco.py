@@ -129,13 +129,15 @@ class MoCo(Method):
         x_q, x_k = views
         t = self.cfg.temperature
         if self.cfg.symmetric:
-            q_a, q_b = self.head(self.backbone(torch.cat(views))).chunk(2)
+            h = self.backbone(torch.cat(views))
+            q_a, q_b = self.head(h).chunk(2)
             k_a, all_a = self.keys(x_q)
             k_b, all_b = self.keys(x_k)
             loss = 0.5 * (infonce(q_a, k_b, self.queue, t) + infonce(q_b, k_a, self.queue, t))
-            new_keys, q, k = torch.cat([all_a, all_b]), q_a, k_b
+            new_keys, q, k, z = torch.cat([all_a, all_b]), q_a, k_b, torch.cat([q_a, q_b])
         else:
-            q = self.head(self.backbone(x_q))
+            h = self.backbone(x_q)
+            q = z = self.head(h)
             k, new_keys = self.keys(x_k)
             loss = infonce(q, k, self.queue, t)
         if new_keys.shape[0] > self.queue.shape[0]:
@@ -146,7 +148,7 @@ class MoCo(Method):
         self._stash(new_keys)
         with torch.no_grad():
             pos_sim = F.cosine_similarity(q.detach().float(), k.float(), dim=1).mean()
-        return {"loss": loss, "pos_sim": pos_sim}
+        return {"loss": loss, "pos_sim": pos_sim, "features": h.detach(), "embeddings": z.detach()}
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -92,7 +92,8 @@ class Rotation(Method):
         Logs ``rotation_acc``: the fraction of rotated copies whose rotation was predicted.
         """
         rotated, target = rotate_batch(views[0])
-        logits = self.head(self.backbone(rotated))  # [4B, 4]: one backbone call for all rotations
+        h = self.backbone(rotated)  # [4B, F]: one backbone call for all rotations
+        logits = self.head(h)  # [4B, 4]
         loss = F.cross_entropy(logits, target)
         acc = (logits.detach().argmax(dim=1) == target).float().mean()
-        return {"loss": loss, "rotation_acc": acc}
+        return {"loss": loss, "rotation_acc": acc, "features": h.detach()}

@@ -54,7 +54,8 @@ class SimCLR(Method):
         return simclr_views(self.image_size, self.cfg)
 
     def training_step(self, views, labels, values):
-        z = self.head(self.backbone(torch.cat(views)))  # one backbone call for both views
+        h = self.backbone(torch.cat(views))  # one backbone call for both views
+        z = self.head(h)
         z_a, z_b = z.chunk(2)
         loss = nt_xent(z_a, z_b, self.cfg.temperature, gather=True)
-        return {"loss": loss}
+        return {"loss": loss, "features": h.detach(), "embeddings": z.detach()}

@@ -63,10 +63,11 @@ class SimSiam(Method):
         return [(spec, 2)]
 
     def training_step(self, views, labels, values):
-        z = self.projector(self.backbone(torch.cat(views)))  # [2B, proj_dim]: one backbone call
+        h = self.backbone(torch.cat(views))  # one backbone call
+        z = self.projector(h)  # [2B, proj_dim]
         p1, p2 = self.predictor(z).chunk(2)
         z1, z2 = z.chunk(2)
         loss = 0.5 * (simsiam_loss(p1, z2) + simsiam_loss(p2, z1))
         # Collapse monitor (sec. 4.1): the per-dimension std of l2-normalised z, ~1/sqrt(d) when healthy, 0 collapsed.
         z_std = F.normalize(z1.detach().float(), dim=1).std(dim=0).mean()
-        return {"loss": loss, "z_std": z_std}
+        return {"loss": loss, "z_std": z_std, "features": h.detach(), "embeddings": z.detach()}

@@ -42,7 +42,10 @@ class TwinProjectorMethod(Method):
     def views(self) -> list[tuple[AugmentSpec, int]]:
         return byol_views(self.image_size, blur=self.cfg.blur, crop_scale=tuple(self.cfg.crop_scale))
 
-    def project(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two views [B, C, H, W] each -> their projections [B, proj_dim] each (one backbone call)."""
-        z_a, z_b = self.projector(self.backbone(torch.cat(views))).chunk(2)
-        return z_a, z_b
+    def project(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Two views [B, C, H, W] each -> their projections [B, proj_dim] each (one backbone call), and the
+        online monitor's detached ``{"features": [2B, D], "embeddings": [2B, proj_dim]}``."""
+        h = self.backbone(torch.cat(views))
+        z = self.projector(h)
+        z_a, z_b = z.chunk(2)
+        return z_a, z_b, {"features": h.detach(), "embeddings": z.detach()}

@@ -32,9 +32,9 @@ class VICReg(TwinProjectorMethod):
     paper = "Bardes et al. 2022, arXiv:2105.04906"
 
     def training_step(self, views, labels, values):
-        z_a, z_b = self.project(views)
+        z_a, z_b, monitored = self.project(views)
         invariance, variance, covariance = vicreg_terms(z_a, z_b, gather=True)
         cfg = self.cfg
         loss = cfg.sim_weight * invariance + cfg.var_weight * variance + cfg.cov_weight * covariance
         return {"loss": loss, "invariance": invariance.detach(), "variance": variance.detach(),
-                "covariance": covariance.detach()}
+                "covariance": covariance.detach(), **monitored}

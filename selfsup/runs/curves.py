@@ -5,7 +5,9 @@ matplotlib is installed (``run.plots=false`` turns that off). Written to ``<run>
 
 - ``loss_lr.png``: the training loss and the learning rate over steps (epochs on the top axis);
 - ``knn.png``: online kNN top-1 over epochs, when rows hold ``knn*`` values;
-- ``teacher_entropy.png``: DINO's teacher entropy (and KL) over steps, when rows hold them.
+- ``teacher_entropy.png``: DINO's teacher entropy (and KL) over steps, when rows hold them;
+- ``monitor.png``: the online monitor's linear classifier accuracy and collapse indicators
+  (``embedding_std``, ``effective_rank``; :mod:`selfsup.engine.monitor`), when rows hold them.
 """
 from __future__ import annotations
 
@@ -44,7 +46,14 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         keys = [[k] for k in ("teacher_entropy", "kl") if any(_number(row.get(k)) for row in rows)]
         written.append(_figure(out / "teacher_entropy.png", rows, keys, [k[0].replace("_", " ") for k in keys],
                                per_epoch, "DINO teacher entropy"))
+    panels = [[k] for k in MONITOR_PANELS if any(_number(row.get(k)) for row in rows)]
+    if panels:
+        written.append(_figure(out / "monitor.png", rows, panels, [k[0].replace("_", " ") for k in panels],
+                               per_epoch, "online monitor: linear classifier and collapse indicators"))
     return written
+
+
+MONITOR_PANELS = ("online_linear_acc", "embedding_std", "effective_rank")
 
 
 def _number(value: Any) -> bool:
