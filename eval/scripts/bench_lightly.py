@@ -27,12 +27,17 @@ medians of per-round ratios. Each LightlySSL round opens a fresh DataLoader iter
 runs ``--warmup`` untimed steps first, so its workers neither steal CPU from our rounds nor
 hand it batches prepared during them.
 
+On a GPU both sides run on it (the device our trainer's Accelerator picks): LightlySSL's model
+moves there, its batches are copied there each step (pinned memory) and ``trainer.precision``
+(bf16 / fp16) is the autocast dtype of both sides; timings synchronise the GPU.
+
 Needs the ``bench`` extra (``pip install -e '.[bench]'``, i.e. ``lightly``). Prints one line
 per round and phase, then one JSON line.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -112,8 +117,8 @@ class LightlySimCLR(nn.Module):
         return self.projection_head(self.backbone(x))
 
 
-def build_lightly(args: argparse.Namespace, cfg, mean, std):
-    """LightlySSL's SimCLR with ``cfg``'s recipe; returns (model, criterion, optimizer, loader)."""
+def build_lightly(args: argparse.Namespace, cfg, mean, std, device: torch.device | str = "cpu"):
+    """LightlySSL's SimCLR with ``cfg``'s recipe on ``device``; returns (model, criterion, optimizer, loader)."""
     import torchvision
     from lightly.loss import NTXentLoss
     from lightly.transforms import SimCLRTransform
@@ -127,9 +132,10 @@ def build_lightly(args: argparse.Namespace, cfg, mean, std):
     )
     dataset = torchvision.datasets.ImageFolder(args.train, transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.workers)
+                                         num_workers=args.workers, pin_memory=torch.device(device).type == "cuda")
     torch.manual_seed(t.seed)
-    model = LightlySimCLR(m.proj_hidden_dim, m.proj_dim, args.small_stem, getattr(args, "selfsup_backbone", False))
+    model = LightlySimCLR(m.proj_hidden_dim, m.proj_dim, args.small_stem,
+                          getattr(args, "selfsup_backbone", False)).to(device)
     criterion = NTXentLoss(temperature=m.temperature)
     lr = t.lr * args.batch_size / 256
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -137,15 +143,19 @@ def build_lightly(args: argparse.Namespace, cfg, mean, std):
     return model, criterion, optimizer, loader
 
 
-def lightly_step(model, criterion, optimizer, views, joint: bool = False) -> torch.Tensor:
+def lightly_step(model, criterion, optimizer, views, joint: bool = False,
+                 autocast: torch.dtype | None = None) -> torch.Tensor:
     """One SimCLR step as LightlySSL's example writes it (one backbone call per view, so batch
-    norm sees each view alone); ``joint``: one call on both views, as selfsup's SimCLR does."""
-    x0, x1 = views
-    if joint:
-        z0, z1 = model(torch.cat([x0, x1])).chunk(2)
-    else:
-        z0, z1 = model(x0), model(x1)
-    loss = criterion(z0, z1)
+    norm sees each view alone); ``joint``: one call on both views, as selfsup's SimCLR does.
+    ``views`` move to the model's device; ``autocast``: the mixed-precision dtype, or None (fp32)."""
+    device = next(model.parameters()).device
+    x0, x1 = (v.to(device, non_blocking=True) for v in views)
+    with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        if joint:
+            z0, z1 = model(torch.cat([x0, x1])).chunk(2)
+        else:
+            z0, z1 = model(x0), model(x1)
+        loss = criterion(z0, z1)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -155,30 +165,39 @@ def lightly_step(model, criterion, optimizer, views, joint: bool = False) -> tor
 # ----------------------------------------------------------------------------- timing
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn, steps: int) -> float:
-    """Seconds per step of ``fn(i)`` over ``steps`` calls."""
+    """Seconds per step of ``fn(i)`` over ``steps`` calls (queued GPU work included)."""
+    _sync()
     start = time.perf_counter()
     for i in range(steps):
         fn(i)
+    _sync()
     return (time.perf_counter() - start) / steps
 
 
 def run(args: argparse.Namespace) -> dict:
     cfg, data, trainer = build_ours(args)
-    model, criterion, optimizer, loader = build_lightly(args, cfg, data.mean, data.std)
+    model, criterion, optimizer, loader = build_lightly(args, cfg, data.mean, data.std, trainer.acc.device)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision)  # as ours
+    step_lightly = functools.partial(lightly_step, model, criterion, optimizer, autocast=autocast)
     batch = args.batch_size
 
     (premade_views, _), = [next(iter(loader))]  # LightlySSL's model-only input, made once
     ours_premade = list(trainer.make_batches(0))
     for i in range(args.warmup):  # untimed: allocator and kernels warm for every phase
         trainer.train_step(i)
-        lightly_step(model, criterion, optimizer, premade_views)
+        step_lightly(premade_views)
 
     def lightly_round() -> float:
         it = iter(loader)  # fresh workers; warm-up steps absorb their start
         for _ in range(args.warmup):
-            lightly_step(model, criterion, optimizer, next(it)[0])
-        seconds = timed(lambda i: lightly_step(model, criterion, optimizer, next(it)[0]), args.steps)
+            step_lightly(next(it)[0])
+        seconds = timed(lambda i: step_lightly(next(it)[0]), args.steps)
         del it  # shuts the workers down before the next phase
         return seconds
 
@@ -190,7 +209,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     if not args.no_lightly_model_only:
         phases["lightly_model_only"] = lambda: timed(
-            lambda i: lightly_step(model, criterion, optimizer, premade_views), args.steps)
+            lambda i: step_lightly(premade_views), args.steps)
     per_round: list[dict[str, float]] = []
     for r in range(args.rounds):
         seconds = {}
@@ -208,6 +227,7 @@ def run(args: argparse.Namespace) -> dict:
 
     result = {
         "batch_size": batch, "small_stem": args.small_stem, "workers": args.workers,
+        "device": str(trainer.acc.device), "precision": cfg.trainer.precision,
         "threads": torch.get_num_threads(), "rounds": args.rounds, "steps": args.steps,
         "torch": torch.__version__, "lightly": _version("lightly"),
         "lightly_images_per_s": rate("lightly"),
