@@ -89,6 +89,19 @@ def build_ours(args: argparse.Namespace):
 # ----------------------------------------------------------------------------- LightlySSL
 
 
+def torchvision_resnet18(small_stem: bool = False) -> nn.Module:
+    """The backbone of LightlySSL's examples and ImageNet benchmarks: torchvision's ``resnet18`` with
+    ``fc`` removed (``[B, 3, H, W] -> [B, 512]``); ``small_stem``: 3x3 stride-1 conv1, no max-pool."""
+    import torchvision
+
+    backbone = torchvision.models.resnet18()
+    if small_stem:
+        backbone.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        backbone.maxpool = nn.Identity()
+    backbone.fc = nn.Identity()
+    return backbone
+
+
 class LightlySimCLR(nn.Module):
     """LightlySSL's SimCLR example model: torchvision resnet18 without ``fc`` + SimCLRProjectionHead.
 
@@ -98,18 +111,13 @@ class LightlySimCLR(nn.Module):
 
     def __init__(self, hidden_dim: int, out_dim: int, small_stem: bool, selfsup_backbone: bool = False):
         super().__init__()
-        import torchvision
         from lightly.models.modules import SimCLRProjectionHead
 
         if selfsup_backbone:
             from selfsup import create_backbone
             backbone = create_backbone("resnet18", small_stem=small_stem)
         else:
-            backbone = torchvision.models.resnet18()
-            if small_stem:
-                backbone.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-                backbone.maxpool = nn.Identity()
-            backbone.fc = nn.Identity()
+            backbone = torchvision_resnet18(small_stem)
         self.backbone = backbone
         self.projection_head = SimCLRProjectionHead(512, hidden_dim, out_dim)
 
