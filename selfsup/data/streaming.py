@@ -40,7 +40,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ import numpy as np
 import torch
 
 from selfsup.core.errors import DataError
+from selfsup.core.files import atomic_write
 from selfsup.data.datasets import ImageDataset, channel_stats, default_cache_dir
 from selfsup.data.fingerprint import hash_tensor, sample_rows
 from selfsup.data.imagefolder import (
@@ -297,11 +297,7 @@ def _cached_stats(path: Path) -> tuple[list[float] | None, list[float] | None]:
 def _write_json(path: Path, data: dict) -> None:
     """Atomically write ``data``; a failure only warns (the stats are then recomputed next time)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data)))
     except OSError as e:
         warnings.warn(f"could not write {path} ({e})", stacklevel=3)
 

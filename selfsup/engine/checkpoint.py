@@ -6,7 +6,6 @@ file that would execute code on load is refused.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from selfsup.core.errors import CheckpointError
+from selfsup.core.files import atomic_write
 
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 
@@ -29,33 +29,14 @@ def checkpoint_path(directory: Path, step: int) -> Path:
 def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Write ``state`` atomically as the checkpoint of ``step``; keep only the newest ``keep`` (0: all)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob(".step-*.pt.tmp"):  # left by a process killed while writing
+    for stale in directory.glob(".step-*.pt.tmp*"):  # left by a process killed while writing
         stale.unlink(missing_ok=True)
     final = checkpoint_path(directory, step)
-    tmp = final.with_name(f".{final.name}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)  # a reader sees the old set of files or the new one, never half a file
-    _fsync_dir(directory)  # the rename itself survives a power cut
+    # a reader sees the old set of files or the new one, never half a file; data and rename survive a power cut
+    atomic_write(final, lambda tmp: torch.save(state, tmp), fsync=True)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return final
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the data itself is already synced
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

@@ -9,12 +9,13 @@ logged step once and in order, exactly as an uninterrupted run would have writte
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from selfsup.core.files import atomic_write, reading, writing
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -24,7 +25,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     rows = []
     if path.is_file():
-        for line in path.read_text().splitlines():
+        with reading(path):
+            text = path.read_text()
+        for line in text.splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
@@ -43,9 +46,7 @@ def trim_metrics(run_dir: str | Path, step: int) -> None:
     kept = [row for row in rows if row["step"] <= step]
     if len(kept) == len(rows) == len(text.splitlines()):  # nothing to drop, no torn line
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(row) + "\n" for row in kept)))
 
 
 class MetricsLog:
@@ -75,7 +76,7 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.run_dir / METRICS_FILE, "a") as handle:
+        with writing(self.run_dir / METRICS_FILE), open(self.run_dir / METRICS_FILE, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         if self.writer is not None:
             for key, value in row.items():

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from selfsup.core.distributed import (
     world_size,
 )
 from selfsup.core.errors import DataError, SelfsupError
+from selfsup.core.files import PathError, atomic_write
 from selfsup.core.progress import progress_bar
 from selfsup.data.fingerprint import hash_tensor, tensor_fingerprint
 from selfsup.data.split import Split
@@ -337,12 +337,13 @@ def _load_cached(path: Path, key: dict[str, str], num_rows: int) -> torch.Tensor
 
 
 def _save_cached(path: Path, features: torch.Tensor, key: dict[str, str], dataset_id: str) -> None:
-    """Write ``features`` [N, D] to ``path`` atomically: a temporary name, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    """Write ``features`` [N, D] to ``path`` atomically (umask permissions); a folder that cannot be
+    written (read-only, another user's) only warns: the features are extracted again next time."""
+    def write(tmp: Path) -> None:
         safetensors.torch.save_file({"features": features.contiguous()}, str(tmp),
                                     metadata={"key": json.dumps(key, sort_keys=True), "dataset_id": dataset_id})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    try:
+        atomic_write(path, write)
+    except PathError as err:
+        warnings.warn(f"{err}; features not cached", stacklevel=2)

@@ -13,11 +13,14 @@ without matplotlib :func:`write_eval_plots` prints one line saying so and writes
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from selfsup.core.files import PathError, check_writable_dir, writing
 
 __all__ = ["write_eval_plots", "tsne_plot", "confusion_plot", "tsne_embedding", "confusion_counts",
            "plots_available", "MISSING_MATPLOTLIB"]
@@ -140,9 +143,11 @@ def confusion_plot(labels, predictions, classes: Sequence[str], path: str | Path
 def _save(fig, plt, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -150,13 +155,28 @@ def write_eval_plots(out_dir: str | Path, test_features, test_labels, classes: S
                      predictions=None, max_points: int = 2000, seed: int = 0) -> list[Path]:
     """``out_dir/tsne.png`` and, given the linear probe's ``predictions``, ``out_dir/confusion_linear.png``.
 
-    Without matplotlib: prints :data:`MISSING_MATPLOTLIB` to stderr and returns ``[]``.
+    Without matplotlib: prints :data:`MISSING_MATPLOTLIB` to stderr and returns ``[]``. A plot that
+    cannot be written (read-only folder, another user's) is one warning, not an error: the results
+    it illustrates are what counts. A folder that cannot be written skips the t-SNE computation too.
     """
     if not plots_available():
         print(MISSING_MATPLOTLIB, file=sys.stderr)
         return []
     out_dir = Path(out_dir)
-    written = [tsne_plot(test_features, test_labels, classes, out_dir / "tsne.png", max_points=max_points, seed=seed)]
+    try:
+        check_writable_dir(out_dir, "")
+    except PathError as err:
+        warnings.warn(f"{err}; evaluation plots skipped", stacklevel=2)
+        return []
+    jobs = [(out_dir / "tsne.png", lambda path: tsne_plot(test_features, test_labels, classes, path,
+                                                           max_points=max_points, seed=seed))]
     if predictions is not None:
-        written.append(confusion_plot(test_labels, predictions, classes, out_dir / "confusion_linear.png"))
+        jobs.append((out_dir / "confusion_linear.png", lambda path: confusion_plot(test_labels, predictions, classes, path)))
+    written = []
+    for path, plot in jobs:
+        try:
+            with writing(path):
+                written.append(plot(path))
+        except PathError as err:
+            warnings.warn(f"{err}; plot skipped", stacklevel=2)
     return written

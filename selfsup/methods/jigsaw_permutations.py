@@ -27,14 +27,13 @@ under ``$SELFSUP_CACHE`` (default ``~/.cache/selfsup``) in ``jigsaw/``, keyed by
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from selfsup.core.errors import ConfigError
+from selfsup.core.files import atomic_write
 from selfsup.data import default_cache_dir
 
 __all__ = ["NUM_TILES", "all_permutations", "greedy_permutations", "permutation_set", "hamming_matrix"]
@@ -137,13 +136,11 @@ def _write_atomic(path: Path, perms: np.ndarray) -> None:
 
     An unwritable cache folder is tolerated: it only costs the recomputation next time.
     """
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
             np.save(handle, perms, allow_pickle=False)
-        os.replace(tmp, path)
-    except OSError:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+
+    try:
+        atomic_write(path, write)
+    except OSError:  # PathError too: the next run computes the set again
+        pass

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.core.errors import SelfsupError
+from selfsup.core.files import writing
 from selfsup.engine.run_log import read_metrics
 
 
@@ -35,7 +36,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if not rows:
         raise SelfsupError(f"{run_dir} has no metrics.jsonl rows to plot")
     out = run_dir / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     per_epoch = rows[-1]["step"] / rows[-1]["epoch"] if rows[-1].get("epoch") else None
     written = [_figure(out / "loss_lr.png", rows, [["loss"], ["lr"]], ["loss", "learning rate"], per_epoch,
                        "training loss and learning rate")]
@@ -87,5 +89,6 @@ def _figure(path: Path, rows: list[dict], panels: list[list[str]], ylabels: list
         top = axes[0].secondary_xaxis("top", functions=(lambda s: s / per_epoch, lambda e: e * per_epoch))
         top.set_xlabel("epoch")
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    with writing(path):
+        fig.savefig(path, dpi=100)
     return path

@@ -12,6 +12,7 @@ from typing import Any
 
 from selfsup.engine.checkpoint import list_checkpoints
 from selfsup.config import Config
+from selfsup.core.files import atomic_write
 from selfsup.engine.run_log import read_metrics
 from selfsup.runs.curves import plot_run, plots_available
 
@@ -123,5 +124,5 @@ def finish_run(run_dir: Path, cfg: Config, *, total_steps: int, results: dict) -
         except Exception as err:  # a plot is a convenience: never fail a finished run over it
             warnings.warn(f"could not write plots for {run_dir}: {err}", stacklevel=2)
     summary = run_summary(run_dir, cfg, total_steps=total_steps, results=results, plots=plots)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
     return format_summary(summary)
