@@ -7,9 +7,10 @@ import torch
 from accelerate import Accelerator
 
 from selfsup.config import Config
-from selfsup.core.errors import ConfigError
+from selfsup.core.errors import ConfigError, DataError
 from selfsup.core.registry import METHODS
 from selfsup.data import Split
+from selfsup.engine.init_from import load_init_weights
 from selfsup.methods import create_method
 from selfsup.methods.base import Method
 from selfsup.models.backbones import (
@@ -19,14 +20,25 @@ from selfsup.models.backbones import (
 )
 
 
-def build_method(cfg: Config, data: Split) -> Method:
-    """The method around a freshly initialised backbone (initialisation seeded by ``trainer.seed``)."""
+def build_method(cfg: Config, data: Split, *, init_weights: bool = True) -> Method:
+    """The method around a freshly initialised backbone (initialisation seeded by ``trainer.seed``).
+
+    With ``backbone.init_from`` (and ``init_weights``) the backbone then takes those weights, before the
+    method copies it (EMA teachers start from them too); the file read and its sha256 are written into
+    ``cfg.backbone.init_from`` / ``init_sha256``, so the run's config.yaml and export record them
+    (:mod:`selfsup.engine.init_from`). ``init_weights=False``: a random init whatever the config says.
+    """
     _check_non_image_data(cfg, data)
+    if METHODS.get(cfg.method.name).uses_labels and not data.classes:
+        raise DataError(f"method.name={cfg.method.name} trains on labels, but the training data are unlabelled "
+                        "(an image folder without class sub-folders): give <class>/<image> folders")
     torch.manual_seed(cfg.trainer.seed)
     channels, size = data.shape[0], data.shape[-1]
     model_args = {**default_model_args(cfg.backbone.name, tuple(data.shape[-2:])), **cfg.backbone.model_args}
     backbone = create_backbone(cfg.backbone.name, small_stem=cfg.backbone.small_stem,
                                pretrained=cfg.backbone.pretrained, in_chans=channels, **model_args)
+    if init_weights and cfg.backbone.init_from:
+        cfg.backbone.init_from, cfg.backbone.init_sha256 = load_init_weights(backbone, cfg.backbone)
     return create_method(cfg.method, backbone, image_size=size, num_classes=len(data.classes))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -21,6 +22,7 @@ import torch
 from accelerate import Accelerator
 
 from selfsup.config import Config, config_to_dict, validate_run
+from selfsup.config.changes import resume_changes, with_defaults
 from selfsup.core.distributed import (
     broadcast_path,
     convert_sync_batchnorm,
@@ -118,6 +120,11 @@ class Trainer:
         tc, spe = self.tc, self.sampler.steps_per_epoch
         peak = self.peak_lr = scaled_lr(tc.lr, tc.batch_size, tc.lr_scaling)
         warmup = int(round(tc.warmup_epochs * spe))
+        if warmup >= self.total_steps > 0 and self.acc.is_main_process:  # e.g. a recipe's warm-up, a shorter run
+            warnings.warn(f"trainer.warmup_epochs={tc.warmup_epochs:g} is as long as the run (trainer.epochs="
+                          f"{tc.epochs}) or longer: the learning rate never decays"
+                          + (" and never reaches its peak" if warmup > self.total_steps else "")
+                          + "; lower trainer.warmup_epochs")
         schedules = {
             "lr": warmup_cosine(peak, peak * tc.min_lr, self.total_steps, warmup),
             "weight_decay": np.full(self.total_steps, tc.weight_decay),
@@ -152,6 +159,7 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as err:  # shapes or keys differ: another architecture
             raise CheckpointError(f"checkpoint {path} does not fit this run's model ({_mismatch(err)}); "
                                   f"start afresh with resume=never or another run.dir") from None
+        self._check_same_settings(path, state.get("meta", {}).get("config"))
         if self.acc.scaler is not None and state.get("scaler"):
             self.acc.scaler.load_state_dict(state["scaler"])
         if self.monitor is not None and state.get("monitor"):
@@ -171,6 +179,21 @@ class Trainer:
                     f"checkpoint {path} was written with {key}={meta[key]}, this run has {key}={value} "
                     f"(start afresh with resume=never or another run.dir)"
                 )
+
+    def _check_same_settings(self, path: Path, recorded: dict | None) -> None:
+        """Refuse to continue a run (resume, or re-run a finished one) with settings other than those its
+        checkpoint recorded, except the ones :mod:`selfsup.config.changes` lets differ (run.*, eval.*
+        but the online monitor, trainer.max_steps, how often files are written, ...): one line naming every
+        changed key as ``old -> new``. Raised before the run directory is written, so nothing in it changes."""
+        if not isinstance(recorded, dict):  # a checkpoint written before configs were recorded in it
+            return
+        changes = resume_changes(with_defaults(recorded), config_to_dict(self.cfg))
+        if changes:
+            raise CheckpointError(
+                f"checkpoint {path} was written with other settings: {', '.join(changes)}; a run continues only "
+                f"with its own (run.*, eval.*, trainer.max_steps and how often files are written may differ): drop "
+                f"those overrides, or train a new run (another run.dir, or resume=never to start this one over; "
+                f"backbone.init_from=RUN starts from a run's encoder)")
 
     # ------------------------------------------------------------------ loop
 
@@ -315,7 +338,8 @@ class Trainer:
                 "monitor": self.monitor.state_dict() if self.monitor is not None else None,
                 "meta": {"method": self.cfg.method.name, "backbone": self.cfg.backbone.name,
                          "small_stem": self.cfg.backbone.small_stem, "total_steps": self.total_steps,
-                         "batch_size": self.tc.batch_size, "config": config_to_dict(self.cfg)},
+                         "batch_size": self.tc.batch_size, "config": config_to_dict(self.cfg),
+                         "encoder": _submodule_name(self.method, self.method.encoder)},  # for backbone.init_from
             }
             path = save_checkpoint(self.run_dir / "checkpoints", self.step, state, self.tc.keep_checkpoints)
         self.acc.wait_for_everyone()
@@ -329,12 +353,18 @@ class Trainer:
         found = latest_checkpoint(self.run_dir / "checkpoints")
         last = f"last good checkpoint: {found[0]} (rerun to resume from it" if found else \
             "no checkpoint was written yet (rerun to start afresh"
-        hint = "; a lower trainer.lr or trainer.nonfinite=skip may help)"
+        hint = ("; trainer.nonfinite=skip may help, or a lower trainer.lr with resume=never)" if found else
+                "; a lower trainer.lr or trainer.nonfinite=skip may help)")
         if bad is not None:
             raise NonFiniteError(f"non-finite loss or gradient at step {bad} (lr {self.values(bad - 1)['lr']:.3g}); "
                                  f"{last}{hint}")
         raise NonFiniteError(f"{self.guard.consecutive} steps in a row had a non-finite loss or gradient "
                              f"(steps {self.step - self.guard.consecutive + 1}-{self.step}, all skipped); {last}{hint}")
+
+
+def _submodule_name(model: torch.nn.Module, module: torch.nn.Module) -> str | None:
+    """The dotted name of ``module`` inside ``model`` (the prefix of its keys in the state dict), or None."""
+    return next((name for name, found in model.named_modules() if found is module and name), None)
 
 
 def _mismatch(err: BaseException) -> str:

@@ -13,6 +13,7 @@ from selfsup.config import Config, config_to_dict, save_config, validate_config,
 from selfsup.data import Split, open_split
 from selfsup.core.distributed import broadcast_module_state
 from selfsup.core.errors import ConfigError
+from selfsup.core.threads import apply_threads
 from selfsup.evaluation.protocols import evaluate, evaluation_features, format_table
 from selfsup.runs.export import export_encoder
 from selfsup.methods import METHODS, create_method
@@ -32,6 +33,7 @@ def train(cfg: Config) -> dict:
     run_dir = run_dir_of(cfg)
     validate_config(cfg)  # again: a Config built in Python skipped the checks of loading
     validate_paths(cfg, run_dir)  # before anything is decoded or trained
+    apply_threads(cfg.run.threads)
     acc = make_accelerator(cfg)
     with acc.main_process_first():  # rank 0 decodes and caches; the others read its cache
         train_data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
@@ -108,7 +110,7 @@ def random_init_encoder(cfg: Config, data: Split, init: str) -> torch.nn.Module:
     """A randomly initialised encoder of the run's architecture (seeded by ``trainer.seed``): ``init`` is
     ``timm_init`` (as the backbone factory builds it) or ``torch_default_init`` (then PyTorch's
     ``reset_parameters()`` on every module)."""
-    encoder = build_method(cfg, data).encoder
+    encoder = build_method(cfg, data, init_weights=False).encoder  # random, even with backbone.init_from
     if init == "torch_default_init":
         torch.manual_seed(cfg.trainer.seed)
         reset_to_torch_defaults(encoder)
