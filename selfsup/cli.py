@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from selfsup.core import interrupt
 from selfsup.core.errors import SelfsupError
 
 EPILOG = """examples:
@@ -91,14 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
 
     sub.add_parser("list", help="methods, backbones, datasets and recipes")
+    for command in sub.choices.values():  # `selfsup train --debug ...` as well as `selfsup --debug train ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks instead of one-line errors")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupt.started()  # Ctrl-C from here on: KeyboardInterrupt, reported below as one line
     if not args.debug:
         warnings.formatwarning = _one_line_warning
     try:
+        if args.command != "list":
+            from selfsup.core import threads
+
+            threads.apply_threads()  # SELFSUP_THREADS or auto; a run's run.threads applies when its config is read
         return COMMANDS[args.command](args)
     except SelfsupError as err:
         if args.debug:
@@ -106,8 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfsup: error: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
-        print("selfsup: interrupted", file=sys.stderr)
-        return 130
+        print(interrupt.MESSAGE, file=sys.stderr)
+        return interrupt.EXIT_CODE
+    except Exception:
+        if not interrupt.received() or args.debug:
+            raise
+        print(interrupt.MESSAGE, file=sys.stderr)  # Ctrl-C turned into a library's error (faiss: RuntimeError)
+        return interrupt.EXIT_CODE
 
 
 _DEFAULT_FORMAT = warnings.formatwarning

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from selfsup.config.schema import Config, config_to_dict, field_bounds
 from selfsup.core.errors import ConfigError, DataError
+from selfsup.core.files import check_writable_dir
+from selfsup.core.registry import METHODS
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -50,8 +53,19 @@ def validate_config(cfg: Config) -> Config:
         raise _fail("trainer.grad_clip", t.grad_clip, "> 0 (or null for no clipping)")
     if not e.knn_k or min(e.knn_k) < 1:
         raise _fail("eval.knn_k", e.knn_k, "a non-empty list of integers >= 1")
-    _check_bounds(cfg.method, "method.")  # what a method checks beyond its fields' bounds, it checks itself
+    validate_method(cfg.method)  # what a method checks beyond its fields' bounds, it checks itself
     return cfg
+
+
+def validate_method(method: Any) -> Any:
+    """The checks of :func:`validate_config` on a ``method`` section alone (finite numbers, declared
+    bounds), for a method config built in Python (``create_method``); returns ``method``."""
+    for key, value in _flat(config_to_dict(method), "method.").items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise _fail(key, value, "a finite number")
+    _check_bounds(method, "method.")
+    return method
 
 
 def _check_bounds(section: Any, prefix: str) -> None:
@@ -73,13 +87,46 @@ def validate_paths(cfg: Config, run_dir: Path) -> None:
             raise DataError(f"{key}={Path(value).expanduser().resolve()} does not exist")
     if d.name == "imagefolder" and d.train is None and d.root is None:
         raise DataError("data.train is not set: data.name=imagefolder needs data.train=PATH (a folder of class folders)")
+    if d.name == "imagefolder":
+        _refuse_unlabelled(cfg)
     if d.name == "imagefolder" and cfg.eval.at_end and d.val is None and d.root is None:
         raise DataError("data.val is not set: the evaluation at the end needs data.val=PATH (or set eval.at_end=false)")
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).expanduser().is_file():
         raise ConfigError(f"resume={cfg.resume} is no file: give a checkpoint (RUN/checkpoints/step-XXXXXXXX.pt), "
                           "auto or never")
+    init = cfg.backbone.init_from
+    if init is not None and not Path(init).expanduser().exists():
+        raise ConfigError(f"backbone.init_from={Path(init).expanduser()} does not exist: give an exported encoder, "
+                          "a run directory or a checkpoint file")
+    if cfg.backbone.init_sha256 and init is None:
+        raise ConfigError("backbone.init_sha256 is set without backbone.init_from (the weights it would check)")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run.dir={run_dir} exists and is not a folder")
+    check_writable_dir(run_dir, "run.dir")  # read-only, another user's, or under a file: say so before training
+
+
+def _refuse_unlabelled(cfg: Config) -> None:
+    """An imagefolder split without class sub-folders (unlabelled images) pretrains, but the evaluation at
+    the end (both splits) and a method trained on labels (``data.train``) need labels: one-line DataError."""
+    d, uses_labels = cfg.data, METHODS.get(cfg.method.name).uses_labels
+    root = [Path(d.root) / name for name in ("train", "val", "test")] if d.root else []
+    splits = (("data.train", [d.train] if d.train else root[:1], cfg.eval.at_end or uses_labels),
+              ("data.val", [d.val] if d.val else root[1:], cfg.eval.at_end))
+    for key, paths, needed in splits:  # each split's folder, found as selfsup.data finds it
+        path = next((Path(p).expanduser() for p in paths if Path(p).expanduser().is_dir()), None)
+        if not needed or path is None or not _unlabelled(path):
+            continue
+        where = f"{key}={path.resolve()} has no class sub-folders (unlabelled images)"
+        if key == "data.train" and uses_labels:
+            raise DataError(f"method.name={cfg.method.name} trains on labels, but {where}: make it a folder of "
+                            "<class>/<image> folders, or pretrain with a self-supervised method")
+        raise DataError(f"{where}: the evaluation at the end needs labels; set eval.at_end=false to pretrain "
+                        f"only, or make {key} a folder of <class>/<image> folders")
+
+
+def _unlabelled(folder: Path) -> bool:
+    """An image folder without class sub-folders (non-hidden folders; as selfsup.data.imagefolder reads it)."""
+    return folder.is_dir() and not any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(folder))
 
 
 def validate_run(cfg: Config, *, num_images: int, image_hw: tuple[int, int], processes: int,
@@ -96,9 +143,14 @@ def validate_run(cfg: Config, *, num_images: int, image_hw: tuple[int, int], pro
                           f"{cfg.method.name} needs at least {min_batch_size}")
     if t.batch_size > num_images:
         raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than the dataset ({num_images} images)")
-    for f in dataclasses.fields(cfg.method):  # a part of the image (e.g. DINO's local crops) fits in the image
-        side = getattr(cfg.method, f.name)
+    check_image_sides(cfg.method, image_hw)
+    return micro
+
+
+def check_image_sides(method: Any, image_hw: tuple[int, int]) -> None:
+    """A part of the image (e.g. DINO's local crops: fields declared ``at_most_image_side``) fits in the image."""
+    for f in dataclasses.fields(method):
+        side = getattr(method, f.name)
         if f.metadata.get("at_most_image_side") and side is not None and side > min(image_hw):
             raise ConfigError(f"method.{f.name}={side} is larger than the {image_hw[0]}x{image_hw[1]} images "
                               f"(use at most {min(image_hw)}, or raise data.image_size)")
-    return micro

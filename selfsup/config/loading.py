@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from selfsup.config.checks import validate_config
+from selfsup.config.checks import validate_config, validate_method
 from selfsup.config.schema import Config, MethodConfig, config_to_dict
 from selfsup.core.errors import ConfigError
+from selfsup.core.files import atomic_write
 from selfsup.core.registry import METHODS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -46,21 +49,76 @@ def find_recipe(recipe: str | None) -> Path:
 def load_config(recipe: str | None = None, overrides: list[str] | None = None) -> Config:
     """Build a typed :class:`Config` from a recipe (path or name) and ``key=value`` overrides."""
     path = find_recipe(recipe)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    raw = read_yaml(path, "recipe") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(raw).__name__}")
     raw.setdefault("recipe", path.stem)
     return resolve_config(raw, overrides)
 
 
+def read_yaml(path: Path, what: str = "recipe") -> Any:
+    """The YAML document in ``path``; invalid YAML raises a one-line ConfigError with its line and column."""
+    return parse_yaml(Path(path).read_text(), f"{what} {path}")
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)``; invalid YAML raises a one-line ConfigError naming ``source`` (``recipe
+    PATH``), the line and column, and the problem."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{source} is not valid YAML{where}: {problem}") from None
+
+
 def resolve_config(raw: dict, overrides: list[str] | None = None) -> Config:
-    """Apply ``key=value`` overrides to a nested dict (a recipe, a run's config.yaml) and type it."""
+    """Apply ``key=value`` overrides to a nested dict (a recipe, a run's config.yaml) and type it.
+
+    When an override switches ``method.name``, the ``method.*`` keys that came with the dict (not
+    from the overrides) and that the new method has no field for are dropped, with a one-line warning.
+    """
+    before = _method_name(raw)
     for item in overrides or []:
         apply_override(raw, item)
+    user_keys = {item.partition("=")[0].split(".")[1] for item in overrides or [] if item.startswith("method.")}
+    _drop_stale_method_keys(raw, before, user_keys)
     return config_from_dict(raw)
+
+
+def _method_name(raw: dict) -> Any:
+    method = raw.get("method")
+    return method.get("name", MethodConfig.name) if isinstance(method, dict) else MethodConfig.name
+
+
+def _drop_stale_method_keys(raw: dict, before: Any, user_keys: set[str]) -> None:
+    """Drop the old method's keys (not the user's) that the method chosen by an override lacks."""
+    after = _method_name(raw)
+    if after == before or after not in METHODS:
+        return
+    fields = {f.name for f in dataclasses.fields(METHODS.get(after).config_class)}
+    stale = [key for key in raw["method"] if key not in fields and key not in user_keys]
+    for key in stale:
+        del raw["method"][key]
+    if stale:
+        keys = ", ".join(f"method.{key}" for key in stale)
+        warnings.warn(f"method.name={after} replaces the recipe's {before}; dropped the recipe's {keys}, "
+                      f"which {after} does not have", stacklevel=3)
+
+
+def method_config(name: str, options: dict[str, Any]) -> MethodConfig:
+    """Method ``name``'s typed config from Python keyword ``options`` (:func:`~selfsup.methods.create_method`),
+    checked as a recipe's ``method`` section is: the same types, bounds and one-line ConfigErrors;
+    an unknown option names the closest known one."""
+    cls = METHODS.get(name).config_class
+    known = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"options: {', '.join(known)}"
+            raise ConfigError(f"unknown option '{key}' for {name}; {hint}")
+    return validate_method(_build(cls, {**options, "name": name}, "method.", {}, known))
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -94,7 +152,7 @@ def config_from_dict(raw: dict) -> Config:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    atomic_write(path, lambda tmp: tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False)))
 
 
 # --------------------------------------------------------------------------- checking
@@ -185,6 +243,8 @@ def _check_scalar(key: str, value: Any, hint: Any) -> Any:
             pass
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
+    if hint is str and isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)  # a path (run.dir=~/runs/x): never a literal ./~ folder
     if hint in (bool, str) and isinstance(value, hint):
         return value
     if hint is dict and isinstance(value, dict):  # free-form (backbone.model_args): values unchecked

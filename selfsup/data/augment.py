@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.core.errors import ConfigError
+from selfsup.core.errors import ConfigError, DataError
 
 __all__ = [
     "AugmentSpec", "ViewMaker", "sample_crop_boxes", "resized_crop", "hflip",
@@ -389,16 +389,31 @@ class AugmentSpec:
                    jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
 
 
+def _unit_range(images: Tensor) -> Tensor:
+    """Float images as float32, refused unless every value lies in [0, 1] (NaN does not)."""
+    x = images.float()
+    low, high = (float(v) for v in torch.aminmax(x))  # NaN propagates, and fails the test below
+    if not (0 <= low and high <= 1):
+        hint = "; uint8-range values: pass uint8 images, or divide by 255" if high > 1.5 else ""
+        raise DataError(f"float images must lie in [0, 1] (torchvision's ToTensor, not normalised: the view maker "
+                        f"normalises with mean/std), got values in [{low:.3g}, {high:.3g}]{hint}")
+    return x
+
+
 class ViewMaker:
-    """Turns a uint8 batch into normalised float views, all on the batch's device.
+    """Turns a batch of images into normalised, augmented float views, all on the batch's device.
 
     ``views``: ``(spec, count)`` pairs, e.g. ``[(AugmentSpec.simclr(32), 2)]`` for two views or
     DINO's ``[(global_1, 1), (global_2, 1), (local, 6)]``. The ``count`` views of one spec are
-    made together as one batch of ``count * B`` samples.
+    made together as one batch of ``count * B`` samples. Images are uint8 in [0, 255] or float in
+    [0, 1] (torchvision's ``ToTensor`` convention); both give the same views. ``is_image=False``: the
+    batches are float data that are not images (``data.name=sequence``; a split's ``is_image``), which
+    are normalised only, every view the same tensor.
     """
 
     def __init__(self, views: Sequence[tuple[AugmentSpec, int]], mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+                 std: Sequence[float], *, is_image: bool = True) -> None:
+        self.is_image = bool(is_image)
         self.views = [(spec, int(count)) for spec, count in views]
         if not self.views or any(count < 1 for _, count in self.views):
             raise ConfigError(f"views={views!r}: need at least one (spec, count>=1) pair")
@@ -413,22 +428,27 @@ class ViewMaker:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
-        """images: uint8 ``[B, C, H, W]`` -> ``num_views`` float32 ``[B, C, size, size]``.
+        """images: uint8 ``[B, C, H, W]`` in [0, 255] or float in [0, 1] -> ``num_views`` float32
+        ``[B, C, size, size]``. With ``is_image=False``, float32 ``[B, C, H, W]`` non-image data:
+        only normalised, every view that same tensor (no crop, flip or colour).
 
-        float32 ``[B, C, H, W]`` holds data that are not images (``data.name=sequence``): it is
-        only normalised, and every view is that same tensor (no crop, flip or colour).
+        Raises:
+            DataError: float images with values outside [0, 1] (e.g. already normalised, or in
+                [0, 255]); checking costs one host synchronisation per float batch (uint8 costs none).
         """
-        if images.dtype not in (torch.uint8, torch.float32) or images.dim() != 4:
-            raise ValueError(f"ViewMaker wants uint8 [B, C, H, W] (or float32 non-image data), got "
+        if not (images.dtype == torch.uint8 or images.is_floating_point()) or images.dim() != 4:
+            raise ValueError(f"ViewMaker wants uint8 or float images [B, C, H, W], got "
                              f"{images.dtype} {list(images.shape)}")
         if images.shape[1] != len(self.mean):
             raise ValueError(f"images have {images.shape[1]} channels but mean/std have "
                              f"{len(self.mean)}")
-        if images.dtype == torch.float32:
+        if not self.is_image:
+            if images.dtype != torch.float32:
+                raise ValueError(f"ViewMaker(is_image=False) wants float32 non-image data, got {images.dtype}")
             return [normalize(images, self.mean, self.std)] * self.num_views
         if generator.device.type != images.device.type:
             raise ValueError(f"generator on {generator.device}, images on {images.device}")
-        x = images.float().div_(255)
+        x = images.float().div_(255) if images.dtype == torch.uint8 else _unit_range(images)
         out: list[Tensor] = []
         for spec, count in self.views:
             out.extend(self._views(x, spec, count, generator).chunk(count))

@@ -86,7 +86,7 @@ class Trainer:
         self.sampler = EpochSampler(len(data), self.tc.batch_size, self.tc.seed)
         self.total_steps = self.tc.epochs * self.sampler.steps_per_epoch
         self.end_step = min(self.total_steps, self.tc.max_steps) if self.tc.max_steps else self.total_steps
-        self.view_maker = ViewMaker(method.views, data.mean, data.std)
+        self.view_maker = ViewMaker(method.views, data.mean, data.std, is_image=data.is_image)
         # This process's share of each step: an index slice of the split on the device, or decoded ahead
         # by DataLoader workers (a streamed split); either way a function of (seed, step) alone.
         self.stream = data.step_batches(self.sampler, stop=self.total_steps, rank=accelerator.process_index,

@@ -251,7 +251,7 @@ def finetune_model(encoder: nn.Module, train: Split, cfg: FinetuneConfig, *, dev
     # Training views: random resized crop + flip, batched on the device (no colour changes).
     spec = AugmentSpec(size=train.shape[-1], crop_scale=tuple(cfg.crop_scale), hflip_p=cfg.hflip_p, jitter_p=0.0,
                        grayscale_p=0.0)
-    views = ViewMaker([(spec, 1)], train.mean, train.std)
+    views = ViewMaker([(spec, 1)], train.mean, train.std, is_image=train.is_image)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from selfsup.losses.arguments import check_scalar
+
 __all__ = ["multiclass_hinge"]
 
 
@@ -21,11 +23,12 @@ def multiclass_hinge(scores: Tensor, target: Tensor, margin: float = 1.0) -> Ten
     Args:
         scores: [B, K] class scores (logits), K >= 2.
         target: int64 [B], class indices in [0, K).
-        margin: required gap between the true class and every other class.
+        margin: required gap (>= 0) between the true class and every other class.
 
     Returns:
         Scalar: the mean of loss_i over the B samples.
     """
+    check_scalar("multiclass_hinge", "margin", margin, allow_zero=True)
     if scores.dim() != 2 or scores.shape[1] < 2:
         raise ValueError(f"scores must be [B, K] with K >= 2, got {list(scores.shape)}")
     true = scores.gather(1, target[:, None])  # [B, 1]

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.core.distributed import gather_with_grad, rank
+from selfsup.losses.arguments import check_scalar
 
 __all__ = ["nt_xent"]
 
@@ -18,12 +19,15 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, *, g
 
     Args:
         z_a, z_b: [N, D] projections of the two views; row i of each is a positive pair.
-        temperature: t.
+        temperature: t > 0.
         gather: take the negatives from every process (autograd-correct all-gather), so the
             loss over P processes equals the single-process loss on the global batch.
     Returns:
         scalar loss.
+    Raises:
+        ConfigError: ``temperature`` is not a finite number > 0.
     """
+    check_scalar("nt_xent", "temperature", temperature)
     logits, self_index, positive = pair_logits(z_a, z_b, temperature, gather)
     logits[torch.arange(logits.shape[0], device=logits.device), self_index] = float("-inf")
     return F.cross_entropy(logits, positive)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.core.distributed import gather_with_grad, rank
+from selfsup.losses.arguments import check_scalar
 from selfsup.losses.contrastive import pair_logits
 
 __all__ = ["dcl", "dclw"]
@@ -65,7 +66,10 @@ def dcl(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.1, *, gathe
             loss over P processes equals the single-process loss on the global batch.
     Returns:
         scalar loss (fp32 under autocast).
+    Raises:
+        ConfigError: ``temperature`` is not a finite number > 0.
     """
+    check_scalar("dcl", "temperature", temperature)
     return _decoupled(z_a, z_b, temperature, None, gather)
 
 
@@ -86,5 +90,9 @@ def dclw(
         gather: negatives and the weights' normaliser from every process.
     Returns:
         scalar loss (fp32 under autocast).
+    Raises:
+        ConfigError: ``temperature`` or ``sigma`` is not a finite number > 0.
     """
+    check_scalar("dclw", "temperature", temperature)
+    check_scalar("dclw", "sigma", sigma)
     return _decoupled(z_a, z_b, temperature, sigma, gather)

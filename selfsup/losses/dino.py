@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup.losses.arguments import check_scalar
+
 __all__ = ["dino_loss", "teacher_entropy"]
 
 
@@ -49,7 +51,11 @@ def dino_loss(
 
     Returns:
         Scalar: mean over the ``T * V - min(T, V)`` pairs with distinct indices and over the batch.
+    Raises:
+        ConfigError: a temperature is not a finite number > 0.
     """
+    check_scalar("dino_loss", "student_temp", student_temp)
+    check_scalar("dino_loss", "teacher_temp", teacher_temp)
     num_t, num_s = len(teacher_logits), len(student_logits)
     pairs = num_t * num_s - min(num_t, num_s)
     if pairs == 0:
@@ -73,5 +79,6 @@ def teacher_entropy(teacher_logits: list[Tensor], center: Tensor, teacher_temp: 
     Returns:
         Scalar (detached).
     """
+    check_scalar("teacher_entropy", "teacher_temp", teacher_temp)
     q = _teacher_probs(teacher_logits, center, teacher_temp)
     return -(q * torch.log(q.clamp_min(1e-30))).sum(-1).mean()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from selfsup.losses.arguments import check_scalar
+
 __all__ = ["infonce"]
 
 
@@ -25,7 +27,10 @@ def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: 
         temperature: t (0.2 in MoCo v2, 0.07 in MoCo v1).
     Returns:
         scalar loss, the mean over the N queries (fp32 under autocast).
+    Raises:
+        ConfigError: ``temperature`` is not a finite number > 0.
     """
+    check_scalar("infonce", "temperature", temperature)
     q, k, queue = F.normalize(q, dim=1), F.normalize(k, dim=1), F.normalize(queue, dim=1)
     positive = (q * k).sum(dim=1, keepdim=True)  # [N, 1]
     negative = q @ queue.to(q.dtype).T  # [N, K]

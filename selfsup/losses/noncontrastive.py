@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.core.distributed import gather_with_grad
+from selfsup.losses.arguments import check_scalar
 
 __all__ = [
     "byol_loss", "simsiam_loss", "barlow_twins_loss", "cross_correlation",
@@ -86,6 +87,7 @@ def cross_correlation(z_a: torch.Tensor, z_b: torch.Tensor, *, gather: bool = Fa
     Returns:
         [D, D] fp32 matrix with entries in [-1, 1].
     """
+    check_scalar("cross_correlation", "eps", eps, allow_zero=True)
     with torch.autocast(z_a.device.type, enabled=False):
         if gather:
             z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
@@ -110,6 +112,7 @@ def barlow_twins_loss(
     Returns:
         scalar.
     """
+    check_scalar("barlow_twins_loss", "lambd", lambd, allow_zero=True)
     c = cross_correlation(z_a, z_b, gather=gather, eps=eps)
     diag = torch.diagonal(c)
     on_diag = (1 - diag).pow(2).sum()
@@ -127,6 +130,8 @@ def vicreg_variance(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> t
     Returns:
         scalar.
     """
+    check_scalar("vicreg_variance", "gamma", gamma, allow_zero=True)
+    check_scalar("vicreg_variance", "eps", eps, allow_zero=True)
     std = torch.sqrt(_fp32(z).var(dim=0) + eps)
     return F.relu(gamma - std).mean()
 
@@ -199,5 +204,7 @@ def vicreg_loss(
     Returns:
         scalar.
     """
+    for name, value in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
+        check_scalar("vicreg_loss", name, value, allow_zero=True)
     invariance, variance, covariance = vicreg_terms(z_a, z_b, gamma=gamma, eps=eps, gather=gather)
     return sim_weight * invariance + var_weight * variance + cov_weight * covariance

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from selfsup.config import bounded
 from selfsup.losses.noncontrastive import barlow_twins_loss
 from selfsup.methods.factory import register_method
 from selfsup.methods.twin_projector import TwinProjectorConfig, TwinProjectorMethod
@@ -18,12 +19,20 @@ from selfsup.methods.twin_projector import TwinProjectorConfig, TwinProjectorMet
 @dataclass
 class BarlowTwinsConfig(TwinProjectorConfig):
     name: str = "barlowtwins"
-    lambd: float = 5e-3  # weight of the redundancy-reduction (off-diagonal) term
+    lambd: float = bounded(5e-3, ge=0)  # weight of the redundancy-reduction (off-diagonal) term
 
 
 @register_method("barlowtwins")
 class BarlowTwins(TwinProjectorMethod):
-    """Backbone + projector; the loss decorrelates the projector's output dimensions."""
+    """Barlow Twins (Zbontar, Jing, Misra, LeCun, Deny, ICML 2021, arXiv:2103.03230, Algorithm 1).
+
+    Two views -> backbone -> projector -> the cross-correlation matrix C of the two views' batch-standardised
+    embeddings over the global batch; the loss ``sum_i (1 - C_ii)^2 + lambd sum_{i != j} C_ij^2``
+    (:func:`~selfsup.losses.barlow_twins_loss`) makes the views agree and the dimensions decorrelate.
+
+    Shapes: ``views`` two float ``[B, C, S, S]``; features ``[2B, num_features]``; embeddings
+    ``[B, proj_dim]`` per view; C ``[proj_dim, proj_dim]``. ``encoder`` is the backbone.
+    """
 
     config_class = BarlowTwinsConfig
     paper = "Zbontar et al. 2021, arXiv:2103.03230"

@@ -44,9 +44,9 @@ def byol_views(
 @dataclass
 class BYOLConfig(MethodConfig):
     name: str = "byol"
-    proj_hidden_dim: int = bounded(4096, ge=0)
-    proj_dim: int = bounded(256, ge=0)
-    pred_hidden_dim: int = bounded(4096, ge=0)
+    proj_hidden_dim: int = bounded(4096, ge=1)
+    proj_dim: int = bounded(256, ge=1)
+    pred_hidden_dim: int = bounded(4096, ge=1)
     momentum_base: float = bounded(0.996, ge=0, le=1)  # tau_base; the paper's ImageNet value (0.99 suits short runs)
     momentum_final: float = bounded(1.0, ge=0, le=1)
     crop_scale: tuple[float, float] = bounded((0.08, 1.0), gt=0, le=1, pair=True)
@@ -57,7 +57,16 @@ class BYOLConfig(MethodConfig):
 
 @register_method("byol")
 class BYOL(Method):
-    """Online backbone + projector + predictor; target backbone + projector by EMA."""
+    """BYOL, Bootstrap Your Own Latent (Grill et al., NeurIPS 2020, arXiv:2006.07733, Algorithm 1).
+
+    An online network (backbone, projector, predictor) predicts a target network's projection of the other
+    view; the target (backbone, projector) is an EMA of the online one with a cosine momentum schedule
+    (``ema_momentum``). Loss: the symmetrised normalised MSE ``2 - 2 cos(p, z')``
+    (:func:`~selfsup.losses.byol_loss`); no negatives.
+
+    Shapes: ``views`` two float ``[B, C, S, S]``; features ``[B, num_features]`` and projections, predictions
+    ``[B, proj_dim]`` per view. ``encoder`` is the online backbone.
+    """
 
     config_class = BYOLConfig
     min_batch_size = 2  # the projector's BatchNorm needs a batch

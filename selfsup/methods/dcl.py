@@ -24,8 +24,8 @@ from selfsup.models.heads import ProjectionHead
 class DCLConfig(MethodConfig):
     name: str = "dcl"
     temperature: float = bounded(0.1, gt=0)  # the paper's default for DCL (and the authors' code)
-    proj_hidden_dim: int = bounded(2048, ge=0)
-    proj_dim: int = bounded(128, ge=0)
+    proj_hidden_dim: int = bounded(2048, ge=1)
+    proj_dim: int = bounded(128, ge=1)
     crop_scale: tuple[float, float] = bounded((0.08, 1.0), gt=0, le=1, pair=True)
     color_strength: float = 0.5  # SimCLR's s: jitter 0.8 s, hue 0.2 s
     blur: bool | None = None  # None: blur when the images are 64 px or larger (SimCLR's CIFAR recipe skips it)
@@ -35,7 +35,7 @@ class DCLConfig(MethodConfig):
 @dataclass
 class DCLWConfig(DCLConfig):
     name: str = "dclw"
-    sigma: float = 0.5  # scale of the von Mises-Fisher weighting of the positive term
+    sigma: float = bounded(0.5, gt=0)  # scale of the von Mises-Fisher weighting of the positive term
 
 
 class _Decoupled(Method):
@@ -68,7 +68,14 @@ class _Decoupled(Method):
 
 @register_method("dcl")
 class DCL(_Decoupled):
-    """DCL: NT-Xent without the positive in the denominator (Yeh et al. 2022, eq. 6)."""
+    """DCL, Decoupled Contrastive Learning (Yeh et al., ECCV 2022, arXiv:2110.06848, eq. 6).
+
+    SimCLR's pipeline (two views -> backbone -> projection head, negatives from the global batch) with
+    NT-Xent's positive pair removed from the denominator (:func:`~selfsup.losses.dcl`).
+
+    Shapes: ``views`` two float ``[B, C, S, S]``; features ``[2B, num_features]``; projections
+    ``[2B, proj_dim]``. ``encoder`` is the backbone.
+    """
 
     config_class = DCLConfig
 
@@ -78,7 +85,14 @@ class DCL(_Decoupled):
 
 @register_method("dclw")
 class DCLW(_Decoupled):
-    """DCLW: DCL with the negative von Mises-Fisher weighting of the positive term (Yeh et al. 2022)."""
+    """DCLW, weighted DCL (Yeh et al., ECCV 2022, arXiv:2110.06848, eq. 6 with the vMF weighting).
+
+    :class:`DCL` with the positive term weighted by ``w_i = 2 - M softmax_i(s_ii / sigma)`` over the M
+    positive pairs of the global batch (:func:`~selfsup.losses.dclw`): harder positives weigh more.
+
+    Shapes: ``views`` two float ``[B, C, S, S]``; features ``[2B, num_features]``; projections
+    ``[2B, proj_dim]``. ``encoder`` is the backbone.
+    """
 
     config_class = DCLWConfig
 

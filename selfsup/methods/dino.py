@@ -38,9 +38,9 @@ from selfsup.models.ema import ema_update, frozen_copy, momentum_schedule
 @dataclass
 class DINOConfig(MethodConfig):
     name: str = "dino"
-    out_dim: int = bounded(4096, ge=0)  # K; 65536 on ImageNet, 4096 is plenty for 10-100 classes at 32 px
-    hidden_dim: int = bounded(2048, ge=0)
-    bottleneck_dim: int = bounded(256, ge=0)
+    out_dim: int = bounded(4096, ge=1)  # K; 65536 on ImageNet, 4096 is plenty for 10-100 classes at 32 px
+    hidden_dim: int = bounded(2048, ge=1)
+    bottleneck_dim: int = bounded(256, ge=1)
     use_bn_in_head: bool = False
     norm_last_layer: bool = True  # fix the weight-norm gain g to 1 (stabler; the paper's ViT-S default)
     student_temp: float = bounded(0.1, gt=0)
@@ -97,6 +97,17 @@ class DINOHead(nn.Module):
 
 @register_method("dino")
 class DINO(Method):
+    """DINO, self-distillation with no labels (Caron et al., ICCV 2021, arXiv:2104.14294, Algorithm 1).
+
+    A student (backbone + :class:`DINOHead`) sees 2 global and N local crops; a teacher, its EMA, sees the
+    global crops. The loss (:func:`~selfsup.losses.dino_loss`) is the cross-entropy between the teacher's
+    centred, sharpened softmax (``teacher_temp``, scheduled) and the student's softmax (``student_temp``)
+    over every pair of distinct crops; the centre ``C`` follows the teacher's batch mean.
+
+    Shapes: ``views`` 2 global ``[B, C, S, S]`` then N local ``[B, C, s, s]``; head outputs ``[B, out_dim]``
+    per crop; buffer ``center`` ``[1, out_dim]``. ``encoder`` is the teacher's backbone (the paper evaluates it).
+    """
+
     config_class = DINOConfig
     min_batch_size = 1  # no batch statistics in the loss; the centre averages over steps
     multi_size = "local crops; method.num_local_crops=0 lifts it"

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from selfsup.config import MethodConfig
+from selfsup.config import MethodConfig, check_image_sides, method_config, validate_method
 from selfsup.core.registry import METHODS
 
 if TYPE_CHECKING:
@@ -25,11 +25,14 @@ def create_method(
     """Build a registered method around ``backbone``.
 
     ``cfg`` is a method config, or a method name whose config defaults are used with
-    ``overrides`` (``create_method("simclr", backbone, image_size=32, temperature=0.2)``).
+    ``overrides`` (``create_method("simclr", backbone, image_size=32, temperature=0.2)``). Either
+    is checked as a recipe's ``method`` section is (types, bounds): a bad value or an unknown option
+    raises a one-line :class:`~selfsup.core.errors.ConfigError` naming it (and the closest option).
     """
     if isinstance(cfg, str):
-        cls = METHODS.get(cfg)
-        cfg = cls.config_class(name=cfg, **overrides)
-    else:
-        cls = METHODS.get(cfg.name)
+        cfg = method_config(cfg, overrides)
+    elif overrides:
+        raise TypeError("create_method takes keyword options only with a method name, not with a config object")
+    cls = METHODS.get(cfg.name)
+    check_image_sides(validate_method(cfg), (image_size, image_size))
     return cls(cfg, backbone, image_size, num_classes)

@@ -102,7 +102,7 @@ def shuffle_tiles(tiles: Tensor, perms: Tensor) -> Tensor:
 @dataclass
 class JigsawConfig(MethodConfig):
     name: str = "jigsaw"
-    num_permutations: int = bounded(100, ge=0)  # classes of the pretext task (the paper's best: 1000 on ImageNet)
+    num_permutations: int = bounded(100, ge=2)  # classes of the pretext task (the paper's best: 1000 on ImageNet)
     perm_min_distance: int = 5  # Hamming floor of the set (2: Algorithm 1 as published)
     perm_seed: int = 0  # picks the set's first permutation (the set is cached per seed)
     crop_size: int | None = bounded(None, ge=1)  # puzzle side in px; None: the image side; larger upsamples the crop
@@ -113,12 +113,21 @@ class JigsawConfig(MethodConfig):
     hflip_p: float = bounded(0.5, ge=0, le=1)
     # greyscale crops against chromatic-aberration cues (the share is ours)
     grayscale_p: float = bounded(0.3, ge=0, le=1)
-    head_hidden_dim: int = bounded(1024, ge=0)  # the MLP over the 9 concatenated tile features (the paper's fc7)
+    head_hidden_dim: int = bounded(1024, ge=1)  # the MLP over the 9 concatenated tile features (the paper's fc7)
 
 
 @register_method("jigsaw")
 class Jigsaw(Method):
-    """Jigsaw puzzles (Noroozi & Favaro 2016): classify the permutation of 9 shuffled tiles."""
+    """Jigsaw puzzles, the context-free network (Noroozi & Favaro, ECCV 2016, arXiv:1603.09246).
+
+    Each crop is cut into 3x3 jittered, standardised tiles, shuffled by one of ``num_permutations``
+    permutations of maximal Hamming distance; the backbone embeds the 9 tiles (shared weights) and an MLP
+    over their concatenation classifies the permutation (cross-entropy).
+
+    Shapes: ``views`` one float ``[B, C, S, S]``; puzzles ``[B, 9, C, t, t]``; tile features
+    ``[9B, num_features]``; logits ``[B, num_permutations]``; buffer ``permutations`` ``[num_permutations, 9]``.
+    ``encoder`` is the backbone.
+    """
 
     config_class = JigsawConfig
     min_batch_size = 2  # the classifier MLP has BatchNorm over the puzzles of the batch
@@ -137,8 +146,6 @@ class Jigsaw(Method):
                 f"method.tile_size={cfg.tile_size}: a {self.crop_size}-px puzzle has {self.cell}-px cells; "
                 f"the tile side must lie in [1, {self.cell}] (raise method.crop_size to upsample)"
             )
-        if cfg.head_hidden_dim < 1:
-            raise ConfigError(f"method.head_hidden_dim={cfg.head_hidden_dim} must be >= 1")
         perms = permutation_set(cfg.num_permutations, cfg.perm_seed, cfg.perm_min_distance)
         self.register_buffer("permutations", torch.from_numpy(perms))  # [N, 9], checkpointed
         self.classifier = ProjectionHead(NUM_TILES * backbone.num_features, cfg.head_hidden_dim, cfg.num_permutations)

@@ -47,8 +47,8 @@ class MoCoConfig(MethodConfig):
     name: str = "moco"
     temperature: float = bounded(0.2, gt=0)  # MoCo v2 (v1: 0.07)
     queue_size: int = bounded(4096, ge=1)  # K; 65536 on ImageNet, 4096 in the authors' CIFAR demo
-    proj_hidden_dim: int = bounded(2048, ge=0)
-    proj_dim: int = bounded(128, ge=0)
+    proj_hidden_dim: int = bounded(2048, ge=1)
+    proj_dim: int = bounded(128, ge=1)
     # key-encoder EMA momentum at step 0 (0.999 in the paper's 800k-step runs)
     momentum_base: float = bounded(0.99, ge=0, le=1)
     # cosine increase to this at the last step (= momentum_base: constant)
@@ -84,7 +84,11 @@ def shared_permutation(n: int, device: torch.device) -> torch.Tensor:
 
 @register_method("moco")
 class MoCo(Method):
-    """MoCo v2: query encoder (backbone + MLP head), momentum key encoder, queue of keys.
+    """MoCo v2 (He et al., CVPR 2020, arXiv:1911.05722; Chen et al. 2020, arXiv:2003.04297).
+
+    A query encoder (backbone + MLP head) and a momentum key encoder (its EMA, shuffle-BN); InfoNCE
+    (:func:`~selfsup.losses.infonce`) with the key of the other view as the positive and a queue of
+    earlier keys as negatives. Shapes: ``views`` two float ``[B, C, S, S]``; queries and keys ``[B, proj_dim]``.
 
     Buffers: ``queue`` [queue_size, proj_dim] (L2-normalised keys, random at start as in the
     paper's code) and ``queue_ptr`` (the next row to overwrite); both are checkpointed. ``encoder``

@@ -59,7 +59,14 @@ class RotationConfig(MethodConfig):
 
 @register_method("rotation")
 class Rotation(Method):
-    """RotNet (Gidaris et al. 2018): 4-way rotation classification on every image."""
+    """RotNet (Gidaris, Singh, Komodakis, ICLR 2018, arXiv:1803.07728).
+
+    Every image is rotated by 0, 90, 180 and 270 degrees in the same batch; a head on the backbone
+    features classifies the rotation (4-way cross-entropy over the 4B copies).
+
+    Shapes: ``views`` one float ``[B, C, S, S]``; rotated batch ``[4B, C, S, S]``; features
+    ``[4B, num_features]``; logits ``[4B, 4]``. ``encoder`` is the backbone.
+    """
 
     config_class = RotationConfig
     min_batch_size = 1  # four rotated copies per image: the classifier's BN always sees >= 4

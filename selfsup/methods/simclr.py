@@ -30,8 +30,8 @@ def simclr_views(size: int, cfg) -> list[tuple[AugmentSpec, int]]:
 class SimCLRConfig(MethodConfig):
     name: str = "simclr"
     temperature: float = bounded(0.5, gt=0)
-    proj_hidden_dim: int = bounded(2048, ge=0)
-    proj_dim: int = bounded(128, ge=0)
+    proj_hidden_dim: int = bounded(2048, ge=1)
+    proj_dim: int = bounded(128, ge=1)
     crop_scale: tuple[float, float] = bounded((0.08, 1.0), gt=0, le=1, pair=True)
     color_strength: float = 0.5  # s in the paper: jitter 0.8 s, hue 0.2 s (1.0 on ImageNet, 0.5 on CIFAR)
     blur: bool | None = None  # None: blur when the images are 64 px or larger (the paper skips it on CIFAR)
@@ -40,6 +40,16 @@ class SimCLRConfig(MethodConfig):
 
 @register_method("simclr")
 class SimCLR(Method):
+    """SimCLR (Chen, Kornblith, Norouzi, Hinton, ICML 2020, arXiv:2002.05709, Algorithm 1).
+
+    Two views of every image -> backbone f -> projection head g -> NT-Xent
+    (:func:`~selfsup.losses.nt_xent`, temperature ``method.temperature``) over the 2N projections of the
+    global batch: each projection's positive is the other view of its image, its negatives the other 2N - 2.
+
+    Shapes: ``views`` two float ``[B, C, S, S]``; backbone features ``[2B, num_features]``; projections
+    ``[2B, proj_dim]``. ``encoder`` is the backbone f (the head is discarded, as in the paper).
+    """
+
     config_class = SimCLRConfig
     min_batch_size = 2  # a pair needs at least one negative
     tiny = {"proj_hidden_dim": 32, "proj_dim": 16}

@@ -27,10 +27,10 @@ from selfsup.models.heads import ProjectionHead
 @dataclass
 class SimSiamConfig(MethodConfig):
     name: str = "simsiam"
-    proj_hidden_dim: int = bounded(2048, ge=0)
-    proj_dim: int = bounded(2048, ge=0)
-    proj_layers: int = bounded(3, ge=0)  # ImageNet: 3; the paper's CIFAR variant: 2 (both end in a BN without affine)
-    pred_hidden_dim: int = bounded(512, ge=0)  # the bottleneck: a quarter of proj_dim
+    proj_hidden_dim: int = bounded(2048, ge=1)
+    proj_dim: int = bounded(2048, ge=1)
+    proj_layers: int = bounded(3, ge=1)  # ImageNet: 3; the paper's CIFAR variant: 2 (both end in a BN without affine)
+    pred_hidden_dim: int = bounded(512, ge=1)  # the bottleneck: a quarter of proj_dim
     crop_scale: tuple[float, float] = bounded((0.2, 1.0), gt=0, le=1, pair=True)  # MoCo v2's augmentation, as the paper
     blur: bool | None = None  # None: blur when the images are 64 px or larger
     predictor_fixed_lr: bool = False  # True: the predictor's lr stays at the peak (sec. 4.2)
@@ -38,7 +38,15 @@ class SimSiamConfig(MethodConfig):
 
 @register_method("simsiam")
 class SimSiam(Method):
-    """Backbone + projection MLP (f) and a bottleneck predictor MLP (h), with a stop-gradient."""
+    """SimSiam (Chen & He, CVPR 2021, arXiv:2011.10566, Algorithm 1).
+
+    Two views -> encoder f (backbone + projection MLP) -> z; a bottleneck predictor h -> p; loss
+    ``D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2`` with D the negative cosine similarity
+    (:func:`~selfsup.losses.simsiam_loss`). No negatives, no momentum encoder.
+
+    Shapes: ``views`` two float ``[B, C, S, S]``; features ``[2B, num_features]``; z and p ``[2B, proj_dim]``.
+    ``encoder`` is the backbone.
+    """
 
     config_class = SimSiamConfig
     min_batch_size = 2  # BatchNorm in the heads needs a batch

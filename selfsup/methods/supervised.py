@@ -31,7 +31,7 @@ class SupervisedConfig(MethodConfig):
     name: str = "supervised"
     loss: Literal["cross_entropy", "hinge"] = "cross_entropy"
     label_smoothing: float = 0.0  # cross_entropy only
-    margin: float = 1.0  # hinge only
+    margin: float = bounded(1.0, ge=0)  # hinge only
     dropout: float = 0.0  # on the features, before the linear head
     # random resized crop; (1, 1) keeps the whole image
     crop_scale: tuple[float, float] = bounded((0.35, 1.0), gt=0, le=1, pair=True)
@@ -40,7 +40,14 @@ class SupervisedConfig(MethodConfig):
 
 @register_method("supervised")
 class Supervised(Method):
-    """Backbone + dropout + linear head on the labels; ``classify(x)`` gives the logits."""
+    """Supervised baseline: backbone + dropout (Srivastava et al. 2014) + linear head on the labels.
+
+    Loss: cross-entropy with optional label smoothing (Szegedy et al. 2016, arXiv:1512.00567, sec. 7) or the
+    Crammer & Singer multiclass hinge (JMLR 2001; :func:`~selfsup.losses.multiclass_hinge`).
+
+    Shapes: ``views`` one float ``[B, C, H, W]``; features ``[B, num_features]``; ``classify(x)`` gives the
+    logits ``[B, num_classes]``. ``encoder`` is the backbone.
+    """
 
     config_class = SupervisedConfig
     uses_labels = True

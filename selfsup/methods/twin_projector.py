@@ -21,9 +21,9 @@ from selfsup.models.heads import ProjectionHead
 
 @dataclass
 class TwinProjectorConfig(MethodConfig):
-    proj_hidden_dim: int = bounded(2048, ge=0)  # the papers' 8192 is for ResNet-50 on ImageNet
-    proj_dim: int = bounded(2048, ge=0)
-    proj_layers: int = bounded(3, ge=0)
+    proj_hidden_dim: int = bounded(2048, ge=1)  # the papers' 8192 is for ResNet-50 on ImageNet
+    proj_dim: int = bounded(2048, ge=1)
+    proj_layers: int = bounded(3, ge=1)
     crop_scale: tuple[float, float] = bounded((0.08, 1.0), gt=0, le=1, pair=True)
     blur: bool | None = None  # None: blur when the images are 64 px or larger
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from selfsup.config import bounded
 from selfsup.losses.noncontrastive import vicreg_terms
 from selfsup.methods.factory import register_method
 from selfsup.methods.twin_projector import TwinProjectorConfig, TwinProjectorMethod
@@ -19,14 +20,22 @@ from selfsup.methods.twin_projector import TwinProjectorConfig, TwinProjectorMet
 @dataclass
 class VICRegConfig(TwinProjectorConfig):
     name: str = "vicreg"
-    sim_weight: float = 25.0  # lambda
-    var_weight: float = 25.0  # mu
-    cov_weight: float = 1.0  # nu
+    sim_weight: float = bounded(25.0, ge=0)  # lambda
+    var_weight: float = bounded(25.0, ge=0)  # mu
+    cov_weight: float = bounded(1.0, ge=0)  # nu
 
 
 @register_method("vicreg")
 class VICReg(TwinProjectorMethod):
-    """Backbone + expander; the loss keeps every dimension's variance up and decorrelates them."""
+    """VICReg (Bardes, Ponce, LeCun, ICLR 2022, arXiv:2105.04906, eq. 6).
+
+    Two views -> backbone -> expander -> ``sim_weight * invariance + var_weight * variance + cov_weight *
+    covariance`` (:func:`~selfsup.losses.vicreg_terms`, global batch): the views' embeddings agree (MSE),
+    every dimension keeps a standard deviation of at least 1 (hinge), and dimensions decorrelate.
+
+    Shapes: ``views`` two float ``[B, C, S, S]``; features ``[2B, num_features]``; embeddings
+    ``[B, proj_dim]`` per view. ``encoder`` is the backbone.
+    """
 
     config_class = VICRegConfig
     paper = "Bardes et al. 2022, arXiv:2105.04906"

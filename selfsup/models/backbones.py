@@ -69,7 +69,9 @@ def apply_small_stem(model: nn.Module, name: str) -> nn.Module:
     """Give a ResNet-family ``model`` a 3x3 stride-1 first conv (no bias) and no stem max-pool.
 
     Handles timm's plain stem (``conv1`` is a Conv2d) and deep stems (``resnet*t`` / ``resnet*d``:
-    ``conv1`` is a Sequential whose first conv is replaced). Modifies and returns ``model``.
+    ``conv1`` is a Sequential whose first conv is replaced). ``model.feature_info`` follows: the
+    reductions become the real ones (resnet18: 1, 1, 2, 4, 8 instead of 2, 4, 8, 16, 32). Modifies and
+    returns ``model``.
 
     Raises:
         ConfigError: ``model`` has no ResNet-style ``conv1`` + ``maxpool`` stem.
@@ -89,7 +91,20 @@ def apply_small_stem(model: nn.Module, name: str) -> nn.Module:
     new = new.to(device=old.weight.device, dtype=old.weight.dtype)
     setattr(parent, attr, new)
     model.maxpool = nn.Identity()
+    _shrink_reductions(model, conv_stride=old.stride[0])
     return model
+
+
+def _shrink_reductions(model: nn.Module, conv_stride: int) -> None:
+    """timm's ``feature_info`` after the small stem: the stem's entry (``act1``) loses the old conv's
+    stride, every later one also the max-pool's (the first stage's reduction over the stem's)."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list) or not info or not all(isinstance(f, dict) and "reduction" in f for f in info):
+        return
+    stem, stages = info[0], info[1:]
+    pool = stages[0]["reduction"] // stem["reduction"] if stages else 1
+    model.feature_info = [{**stem, "reduction": max(1, stem["reduction"] // conv_stride)}] + [
+        {**f, "reduction": max(1, f["reduction"] // (conv_stride * pool))} for f in stages]
 
 
 def create_backbone(

@@ -12,9 +12,11 @@ is informational), so ``timm.create_model("local-dir:" + path, pretrained=True)`
 unchanged timm architecture. :func:`load_encoder` rebuilds every export, small stem included.
 
 A small-stem export is not timm's architecture: for deep-stem models (``resnet10t``) its weights
-even have timm's shapes and would load silently into a stride-2 stem. So its ``model_args`` also
-hold ``"selfsup_small_stem": true``, which timm's constructor refuses ("unexpected keyword argument
-'selfsup_small_stem'") and :func:`load_encoder` consumes.
+even have timm's shapes and would load silently into a stride-2 stem, and no timm argument makes a
+stride-1 stem. So its ``model_args`` also hold ``"selfsup_small_stem__load_with_selfsup_load_encoder":
+true``: timm's constructor refuses it with a message that says what to do (``TypeError: ResNet.__init__()
+got an unexpected keyword argument 'selfsup_small_stem__load_with_selfsup_load_encoder'``), and
+:func:`load_encoder` consumes it (and the ``selfsup_small_stem`` of exports made before).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch import nn
 
 from selfsup.models.backbones import create_backbone
 from selfsup.core.errors import CheckpointError, ConfigError
+from selfsup.core.files import apply_umask, reading, writing
 
 __all__ = [
     "export_encoder", "export_as", "load_encoder", "Preprocess", "FORMAT_VERSION", "FORMATS", "WEIGHTS_NAME",
@@ -40,7 +43,9 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-SMALL_STEM_ARG = "selfsup_small_stem"
+SMALL_STEM_ARG = "selfsup_small_stem__load_with_selfsup_load_encoder"  # timm's TypeError shows this name
+LEGACY_SMALL_STEM_ARGS = ("selfsup_small_stem",)  # the same flag in older exports
+RUN_ENCODER_DIR = "encoder"  # a run directory's export (selfsup.runs.train writes it)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 TORCHSCRIPT_NAME = "encoder.pt"
@@ -153,6 +158,12 @@ def _write_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
     An existing export at ``out_dir`` is replaced; a directory holding anything else is refused,
     so a mistyped path never deletes unrelated files.
     """
+    with writing(out_dir):
+        _replace_dir(out_dir, write)
+
+
+def _replace_dir(out_dir: Path, write: Callable[[Path], None]) -> None:
+    """:func:`_write_atomically`'s body; its files get the umask's mode (safetensors writes ``0600``)."""
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ConfigError(f"export path {out_dir} exists and is not a directory")
@@ -168,6 +179,7 @@ def _write_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
     tmp.mkdir()
     try:
         write(tmp)
+        apply_umask(tmp)
         if out_dir.exists():
             out_dir.rename(old)
         tmp.rename(out_dir)
@@ -226,11 +238,14 @@ def export_encoder(
 
 def _read_config(path: Path) -> dict[str, Any]:
     """Read and sanity-check ``path/config.json``."""
-    if not path.is_dir():
-        raise CheckpointError(f"encoder directory not found: {path}")
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (path / name).is_file():
-            raise CheckpointError(f"encoder export {path} has no {name}")
+    with reading(path):
+        if not path.is_dir():
+            raise CheckpointError(f"encoder directory not found: {path}")
+    for name in (CONFIG_NAME, WEIGHTS_NAME):  # another user's file: "cannot read PATH: permission denied"
+        with reading(path / name):
+            if not (path / name).is_file():
+                raise CheckpointError(f"encoder export {path} has no {name}")
+            open(path / name, "rb").close()
     try:
         config = json.loads((path / CONFIG_NAME).read_text())
     except (OSError, ValueError) as exc:
@@ -297,7 +312,8 @@ def load_encoder(path: str | Path, *, with_preprocess: bool = False):
     """Rebuild an exported encoder (small stem included) and load its weights.
 
     Args:
-        path: an export directory (``model.safetensors`` + ``config.json``).
+        path: an export directory (``model.safetensors`` + ``config.json``), or a run directory, whose
+            export ``RUN/encoder`` is loaded.
         with_preprocess: also return the export's :class:`Preprocess` (its recorded input size,
             mean and std), so that ``encoder(preprocess(uint8_images))`` gives the features.
 
@@ -310,11 +326,11 @@ def load_encoder(path: str | Path, *, with_preprocess: bool = False):
     Raises:
         CheckpointError: Missing directory or files, unreadable or mismatched weights.
     """
-    path = Path(path)
+    path = _export_dir(Path(path).expanduser())
     config = _read_config(path)
     model_args = dict(config.get("model_args") or {})
     in_chans = int(model_args.pop("in_chans", 3))
-    small_stem = bool(model_args.pop(SMALL_STEM_ARG, False))
+    small_stem = any([bool(model_args.pop(key, False)) for key in (SMALL_STEM_ARG, *LEGACY_SMALL_STEM_ARGS)])
     small_stem = small_stem or bool((config.get("selfsup") or {}).get("small_stem", False))
     try:
         model = create_backbone(config["architecture"], small_stem=small_stem, in_chans=in_chans, **model_args)
@@ -329,6 +345,18 @@ def load_encoder(path: str | Path, *, with_preprocess: bool = False):
     object.__setattr__(model, "preprocess", preprocess)  # an attribute, not a submodule: the state dict stays timm's
     model.eval()
     return (model, preprocess) if with_preprocess else model
+
+
+def _export_dir(path: Path) -> Path:
+    """``path``, or the export inside it when ``path`` is a run directory: ``load_encoder(RUN)`` loads
+    ``RUN/encoder``; a run without one raises a one-line CheckpointError saying how to get one."""
+    if (path / CONFIG_NAME).is_file() or not (path / "config.yaml").is_file():
+        return path
+    encoder_dir = path / RUN_ENCODER_DIR
+    if (encoder_dir / CONFIG_NAME).is_file():
+        return encoder_dir
+    raise CheckpointError(f"{path} is a run directory and its encoder is {encoder_dir}, which does not exist yet "
+                          f"(the run has not finished): `selfsup export {path} --out DIR` exports its newest checkpoint")
 
 
 def _preprocess_from(cfg: dict[str, Any], in_chans: int, path: Path) -> Preprocess:

@@ -254,7 +254,9 @@ def test_viewmaker_multicrop_and_one_channel():
 def test_viewmaker_rejects_bad_input():
     vm = A.ViewMaker([(A.AugmentSpec.simclr(8), 2)], MEAN, STD)
     with pytest.raises(ValueError, match="uint8"):
-        vm(torch.rand(2, 3, 8, 8, dtype=torch.float64), _gen(0))  # float32 = non-image data, passed through
+        vm(torch.zeros(2, 3, 8, 8, dtype=torch.int32), _gen(0))  # float images in [0, 1]: tests/data/test_augment_float.py
+    with pytest.raises(ValueError, match="uint8"):
+        vm(torch.zeros(3, 8, 8, dtype=torch.uint8), _gen(0))  # no batch dimension
     with pytest.raises(ValueError, match="channels"):
         vm(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), _gen(0))
     with pytest.raises(ConfigError):
@@ -306,6 +308,7 @@ def test_float_data_pass_through_the_view_maker_unaugmented():
 
     x = torch.randn(4, 3, 9, 1)
     x[0, :, 5:] = float("nan")
-    views = ViewMaker([(AugmentSpec(size=1), 1)], mean=(1.0, 0.0, 2.0), std=(2.0, 1.0, 4.0))(x, torch.Generator())
+    views = ViewMaker([(AugmentSpec(size=1), 1)], mean=(1.0, 0.0, 2.0), std=(2.0, 1.0, 4.0),
+                      is_image=False)(x, torch.Generator())
     mean, std = torch.tensor([1.0, 0.0, 2.0]).view(1, 3, 1, 1), torch.tensor([2.0, 1.0, 4.0]).view(1, 3, 1, 1)
     torch.testing.assert_close(views[0], (x - mean) / std, equal_nan=True)

@@ -83,7 +83,7 @@ def test_load_encoder_small_stem_round_trip(small_export: tuple[nn.Module, Path]
 def test_timm_refuses_small_stem_export(small_export: tuple[nn.Module, Path]) -> None:
     # resnet10t's deep-stem weights have timm's shapes; without the guard timm would load them
     # silently into a stride-2 stem and give different features.
-    with pytest.raises(TypeError, match="selfsup_small_stem"):
+    with pytest.raises(TypeError, match="selfsup_small_stem__load_with_selfsup_load_encoder"):
         timm.create_model("local-dir:" + str(small_export[1]), pretrained=True)
 
 
@@ -182,7 +182,7 @@ def test_safetensors_round_trip_is_bit_for_bit(small_export: tuple[nn.Module, Pa
 def test_export_records_what_a_user_needs(small_export: tuple[nn.Module, Path]) -> None:
     config = json.loads((small_export[1] / "config.json").read_text())
     assert config["architecture"] == "resnet10t" and config["selfsup"]["small_stem"] is True
-    assert config["model_args"]["selfsup_small_stem"] is True
+    assert config["model_args"]["selfsup_small_stem__load_with_selfsup_load_encoder"] is True
     cfg = config["pretrained_cfg"]
     assert cfg["input_size"] == list(SIZE) and cfg["mean"] == list(MEAN) and cfg["std"] == list(STD)
     assert config["selfsup"]["method"] == "simclr"
