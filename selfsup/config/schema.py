@@ -67,7 +67,7 @@ def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, l
             lt: float | None = None, pair: bool = False, **metadata: Any) -> Any:
     """A dataclass field whose value is checked against a range when a config is loaded.
 
-    ``proj_dim: int = bounded(128, ge=0)``, ``momentum: float = bounded(0.99, ge=0, le=1)``,
+    ``proj_dim: int = bounded(128, ge=1)``, ``momentum: float = bounded(0.99, ge=0, le=1)``,
     ``crop_scale: tuple[float, float] = bounded((0.08, 1.0), gt=0, le=1, pair=True)``. Further
     keyword arguments go into the field's metadata as they are: ``help="..."`` (docs/config.md), or
     ``at_most_image_side=True``: the value may not exceed the shorter side of the training images
@@ -98,6 +98,10 @@ class BackboneConfig:
     # keyword arguments of the backbone, e.g. {img_size: 32, patch_size: 4} (ViT) or {hidden_size: 128}
     # (RNN); backbone.model_args.KEY=value sets one
     model_args: dict = field(default_factory=dict)
+    # start from trained weights: an exported encoder, a run directory (its encoder/, else its newest checkpoint)
+    # or a checkpoint file; training records the file it read here (selfsup.engine.init_from)
+    init_from: str | None = None
+    init_sha256: str | None = None  # sha256 of init_from's file: filled in by training; set it to insist on those weights
 
 
 @dataclass
@@ -129,7 +133,7 @@ class TrainerConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 (with a grad scaler) on CUDA only
     seed: int = bounded(0, ge=0)  # initialisation, data order and augmentation
     optimizer: Literal["sgd", "adamw", "lars"] = "sgd"  # lars: timm's LARS (biases and norms not adapted)
-    lr: float = bounded(0.3, ge=0)  # base learning rate, scaled by `lr_scaling` from batch 256
+    lr: float = bounded(0.3, gt=0)  # base learning rate, scaled by `lr_scaling` from batch 256
     # peak lr = lr x batch/256 (linear), lr x sqrt(batch/256) (sqrt), or lr as given (none)
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     min_lr: float = 0.0  # end of the cosine, as a fraction of the peak learning rate
@@ -204,6 +208,7 @@ class RunConfig:
     dir: str | None = None  # default: runs/<recipe name>
     tensorboard: bool = True  # also log metrics.jsonl's rows to <run.dir>/tensorboard when tensorboard is installed
     plots: bool = True  # write <run.dir>/plots/*.png at the end when matplotlib is installed
+    threads: int | Literal["auto"] = "auto"  # CPU threads of torch, faiss, BLAS; auto: the cores this process may use (env SELFSUP_THREADS)
 
 
 @dataclass

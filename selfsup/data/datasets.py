@@ -39,8 +39,8 @@ class ImageDataset:
         images: uint8 ``[N, C, H, W]``, ``C`` in {1, 3}, contiguous, on the CPU; or float32 for
             data that are not images (``sequence``: ``[N, D, T, 1]``, NaN = padding), which is
             normalised but never augmented.
-        labels: int64 ``[N]``; class indices into ``classes`` (for evaluation only).
-        classes: class names; ``classes[labels[i]]`` names sample ``i``.
+        labels: int64 ``[N]``; class indices into ``classes`` (for evaluation only); ``-1``: unlabelled.
+        classes: class names; ``classes[labels[i]]`` names sample ``i``; empty for unlabelled images.
         mean: per-channel mean of ``images / 255`` (float images: of ``images``) over this split (length ``C``).
         std: per-channel standard deviation of ``images / 255`` over this split (length ``C``).
     """

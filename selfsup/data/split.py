@@ -36,8 +36,9 @@ class Split(Protocol):
     """One split of a dataset, however it is held: what training and evaluation read.
 
     Attributes:
-        labels: int64 ``[N]``, class indices into ``classes``.
-        classes: class names.
+        labels: int64 ``[N]``, class indices into ``classes``; ``-1`` for unlabelled images.
+        classes: class names; empty for unlabelled images (an image folder without class sub-folders):
+            such a split trains label-free methods; whatever reads labels refuses it or stands aside.
         mean, std: per-channel statistics of ``images / 255`` (of the values, for non-image data),
             ``C`` floats each: what training and evaluation normalise with.
     """

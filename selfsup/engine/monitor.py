@@ -16,11 +16,15 @@ What solo-learn users watch while a run trains, without touching the training it
   entropy of the normalised singular values (Roy & Vetterli 2007, "The effective rank: a measure of
   effective dimensionality"), from the method's ``"embeddings"`` (or its ``"features"``).
 
-Labels are read here only, never by a method. The monitor draws no number from the global RNG (its
+Labels are read here only, never by a method. Unlabelled training data (an image folder without class
+sub-folders) turn the online kNN and linear classifier off, with one warning; data of one class get one warning
+that their accuracies mean nothing. The monitor draws no number from the global RNG (its
 subsets come from its own seeded generator, the classifier starts at zero) and never changes the data
 order or a BN statistic, so the weights of a run are the same with the monitor on or off.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +35,7 @@ from selfsup.core.distributed import all_reduce_mean, gather_no_grad
 from selfsup.data import Split
 from selfsup.evaluation.features import extract_features
 from selfsup.evaluation.knn import knn_classify
+from selfsup.evaluation.protocols import warn_if_one_class
 
 MONITOR_SEED = 0x6D6F6E  # "mon": the subsets' own generator, offset by trainer.seed
 
@@ -73,6 +78,13 @@ class OnlineMonitor:
         self.cfg, self.data, self.device = cfg, data, device
         every = cfg.online_every_steps or round(cfg.online_every * steps_per_epoch)
         self.knn_every = max(1, int(every)) if (cfg.online_every_steps or cfg.online_every > 0) else 0
+        self.labelled = bool(data.classes)  # unlabelled images: only the collapse indicators
+        if not self.labelled:
+            self.knn_every = 0
+            warnings.warn("the training data have no labels (an image folder without class sub-folders): the online "
+                          "kNN and linear classifier (eval.online) are off; the collapse indicators stay on")
+        else:
+            warn_if_one_class(data)
         self.num_classes = max(len(data.classes), 1)
         # skip_init: no draw from the global RNG; a zero start (softmax regression is convex)
         self.head = torch.nn.utils.skip_init(nn.Linear, num_features, self.num_classes, device=device)
@@ -94,7 +106,7 @@ class OnlineMonitor:
         found = [out.get("embeddings", out.get("features")) for out in outputs]
         found = [z for z in found if z is not None]
         self.embeddings = torch.cat(found).detach() if found else None
-        if not pairs:
+        if not pairs or not self.labelled:
             return {}
         x = torch.cat([f.detach().flatten(1) for f, _ in pairs]).to(self.head.weight.dtype)
         y = torch.cat([y.repeat(f.shape[0] // y.shape[0]) for f, y in pairs])

@@ -1,8 +1,10 @@
 """Evaluation protocols: kNN and the linear probe on frozen features (extracted once), fine-tuning end to end."""
 from __future__ import annotations
 
+import warnings
 from typing import Iterable
 
+import torch
 from torch import Tensor, nn
 
 from selfsup.config import EvalConfig, FinetuneConfig
@@ -74,8 +76,8 @@ def evaluate(encoder: nn.Module, train: Split, val: Split, cfg: EvalConfig, *,
     num_classes = len(train.classes)
     if "knn" in protocols:
         results.update(knn_classify(features["train"], train.labels, features["val"], val.labels,
-                                    ks=tuple(cfg.knn_k), temperature=cfg.knn_temperature, num_classes=num_classes,
-                                    index=cfg.knn_index))
+                                    ks=knn_ks(cfg.knn_k, len(train)), temperature=cfg.knn_temperature,
+                                    num_classes=num_classes, index=cfg.knn_index))
     if "linear" in protocols:
         linear, probe = linear_probe(features["train"], train.labels, features["val"], val.labels,
                                      num_classes=num_classes, loss=cfg.linear_loss, solver=cfg.linear_solver,
@@ -124,8 +126,39 @@ def _protocol_list(protocols: Iterable[str] | None, cfg: EvalConfig) -> list[str
     return protocols
 
 
+def knn_ks(ks: Iterable[int], train_size: int) -> list[int]:
+    """The kNN's k values as used: each at most ``train_size`` (a k above it can only be ``train_size``), so
+    results are keyed by the k used (``knn_k{k}``); one warning names those lowered. Distinct, in order."""
+    ks = list(ks)
+    lowered = [k for k in ks if k > train_size]
+    if lowered:
+        warnings.warn(f"eval.knn_k={ks}: a k above the {train_size} training images ({', '.join(map(str, lowered))}) "
+                      f"is k={train_size}, reported as knn_k{train_size}", stacklevel=2)
+    return list(dict.fromkeys(min(k, train_size) for k in ks))
+
+
+def check_labels(split: Split, name: str) -> None:
+    """Refuse a split without labels (``classes`` empty: an image folder without class sub-folders) in one line."""
+    if not split.classes:
+        raise DataError(f"evaluation needs labelled images, but the {name} split has none (an image folder without "
+                        "class sub-folders): give data.train and data.val as folders of <class>/<image> folders")
+
+
+def warn_if_one_class(train: Split) -> None:
+    """One warning (once per process) when the training labels hold a single class: every classifier then
+    predicts it, so every accuracy is 100% (or 0%) by construction."""
+    present = torch.unique(train.labels)
+    if len(present) == 1:
+        warnings.warn(f"the training data hold one class ({train.classes[int(present[0])]!r}): every accuracy "
+                      "(kNN, linear probe, online monitor) is 100% by construction, meaningless; "
+                      "give labelled data of two classes or more")
+
+
 def _matched_splits(encoder: nn.Module, train: Split, val: Split) -> tuple[Split, Split]:
-    """Both splits with the encoder's channel count; their classes must agree."""
+    """Both splits with the encoder's channel count, labelled (one warning if of one class); their classes agree."""
+    check_labels(train, "training")
+    check_labels(val, "evaluation")
+    warn_if_one_class(train)
     in_chans = (getattr(encoder, "selfsup_spec", None) or {}).get("in_chans")
     train, val = match_channels(train, in_chans), match_channels(val, in_chans)
     if list(train.classes) != list(val.classes):  # label i would mean different classes in the two splits

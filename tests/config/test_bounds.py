@@ -15,12 +15,17 @@ from selfsup.core.errors import ConfigError
 from selfsup.methods import METHODS
 
 
-def rule_from_the_key_name(name: str) -> Bounds | None:
+ZERO_IS_A_CHOICE = {("rotation", "head_hidden_dim")}  # 0: a linear head
+
+
+def rule_from_the_key_name(name: str, method: str = "") -> Bounds | None:
     """The range selfsup/config/checks.py inferred from a method key's name before ranges were declared."""
     if name.endswith("_size"):
         return Bounds(ge=1)
-    if name.endswith(("_dim", "_layers")) or name.startswith("num_"):
-        return Bounds(ge=0)
+    if name.endswith(("_dim", "_layers")):  # issue 16: a width or depth of 0 trained a constant loss
+        return Bounds(ge=0) if (method, name) in ZERO_IS_A_CHOICE else Bounds(ge=1)
+    if name.startswith("num_"):
+        return Bounds(ge=2) if name == "num_permutations" else Bounds(ge=0)  # one permutation: nothing to learn
     if name.endswith(("temp", "temperature", "_lr_scale")):
         return Bounds(gt=0)
     if name.endswith("_p") or "momentum" in name:
@@ -36,7 +41,7 @@ def test_every_method_key_keeps_the_range_its_name_implied(method):
     for f in dataclasses.fields(config_class):
         if isinstance(f.default, (bool, str)):  # the name rules skipped flags and names
             continue
-        want = rule_from_the_key_name(f.name)
+        want = rule_from_the_key_name(f.name, method)
         if want is not None:
             spelled = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(want).items()
                                 if v is not None and v is not False)
@@ -48,8 +53,9 @@ CORE_RANGES = {
     **dict.fromkeys(["trainer.epochs", "trainer.max_steps", "trainer.batch_size", "trainer.grad_accum",
                      "trainer.checkpoint_every", "trainer.log_every", "data.image_size", "data.num_samples",
                      "data.num_classes", "eval.batch_size"], Bounds(ge=1)),
-    **dict.fromkeys(["trainer.lr", "trainer.warmup_epochs", "trainer.weight_decay", "trainer.keep_checkpoints",
+    **dict.fromkeys(["trainer.warmup_epochs", "trainer.weight_decay", "trainer.keep_checkpoints",
                      "trainer.seed", "data.in_memory_max_gb"], Bounds(ge=0)),
+    "trainer.lr": Bounds(gt=0),  # issue 16: lr=0 trained nothing
     "trainer.momentum": Bounds(ge=0, lt=1),
     "eval.knn_temperature": Bounds(gt=0),
 }

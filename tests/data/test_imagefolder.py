@@ -133,8 +133,9 @@ def test_empty_or_missing_split_is_a_one_line_error(tmp_path: Path) -> None:
         load(root, tmp_path)
     with pytest.raises(DataError, match=r"data\.train=.*nowhere does not exist"):
         load(tmp_path / "nowhere", tmp_path)
-    with pytest.raises(DataError, match="no class sub-folders"):
-        load(root / "x", tmp_path)
+    (tmp_path / "flat").mkdir()  # no class folders: unlabelled images, but none here
+    with pytest.raises(DataError, match=r"flat holds no images: it has no class sub-folders and no \.jpg"):
+        load(tmp_path / "flat", tmp_path)
     with pytest.raises(DataError, match=r"data\.val is not set"):
         load_dataset("imagefolder", "val", train_path=str(root), cache_dir=str(tmp_path / "cache"))
 
