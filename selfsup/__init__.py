@@ -13,6 +13,13 @@ every method, dataset and sequence backbone):
 - use: :func:`load_encoder`, :func:`export_encoder`, :func:`evaluate_run`, :func:`evaluate`,
   :func:`extract_features`, :func:`knn_classify`, :func:`linear_probe`, :func:`finetune`
 """
+from selfsup.core import interrupt as _interrupt
+from selfsup.core.threads import passive_openmp_wait as _passive_openmp_wait
+
+if _interrupt.is_cli():  # before the heavy imports: Ctrl-C during start-up is one line, exit 130;
+    _interrupt.install()  # OpenMP threads sleep, not spin, while they wait (a shared CPU: see core/threads.py)
+    _passive_openmp_wait()
+
 from selfsup import losses
 from selfsup.config import Config, load_config
 from selfsup.data import load_dataset, open_split, register_dataset

@@ -60,6 +60,7 @@ import yaml
 
 from selfsup.config import config_to_dict, load_config, resolve_config
 from selfsup.core.errors import ConfigError
+from selfsup.core.files import atomic_write
 from selfsup.evaluation.finetune import validate_finetune
 from selfsup.runs.evaluate import evaluate_run
 from selfsup.runs.summary import RANDOM_BASELINES
@@ -381,9 +382,8 @@ def _write(suite: Suite, table: dict, commands: list[dict], started: float, log:
     report = {"rows": table, "commands": commands, "suite": suite.path, "protocol": suite.protocol.path,
               "seeds": suite.seeds, "seconds": round(time.time() - started, 1)}
     out = Path(suite.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(format_markdown(suite, table, commands))
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(out, lambda tmp: tmp.write_text(format_markdown(suite, table, commands)))
+    atomic_write(out.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     log(f"[benchmark] wrote {out} and {out.with_suffix('.json')}")
     return {**report, "out": str(out)}
 

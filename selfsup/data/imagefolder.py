@@ -2,7 +2,8 @@
 
 Layout and class order follow ``torchvision.datasets.ImageFolder``: every non-hidden
 sub-folder of ``root`` is a class, classes are sorted by name, and images are found
-recursively. Decoding uses PIL in a thread pool (PIL releases the GIL while it decodes);
+recursively. A folder with no sub-folder holds unlabelled images (``root/<image>``): every
+label is ``-1`` and ``classes`` is empty, enough to pretrain on (evaluation needs labels). Decoding uses PIL in a thread pool (PIL releases the GIL while it decodes);
 the decoded split is saved under ``<cache_dir>/imagefolder`` as a ``.npy`` (the uint8 array)
 plus a ``.json`` (labels, stats, skipped files), both named by a hash of the folder's absolute
 path, its file list, sizes and mtimes, and the image size. A second load is one ``stat`` per
@@ -22,7 +23,7 @@ import glob
 import hashlib
 import json
 import os
-import tempfile
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -33,7 +34,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from selfsup.core.errors import DataError
+from selfsup.core.files import atomic_write
 from selfsup.core.progress import progress_bar
+from selfsup.core.threads import available_cores
 from selfsup.data.datasets import (
     ImageDataset,
     channel_stats,
@@ -43,6 +46,7 @@ from selfsup.data.datasets import (
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 3  # 3: skipped files carry their reason
+UNLABELLED = -1  # the label of every image of a folder without class sub-folders
 _OK, _UNREADABLE, _WRONG_SIZE = 0, 1, 2
 
 
@@ -57,7 +61,8 @@ def load_imagefolder(
     """Load an ImageFolder split as RGB uint8 ``[N, 3, H, W]``, using the on-disk cache.
 
     Args:
-        path: the split's root folder (holding one sub-folder per class).
+        path: the split's root folder (holding one sub-folder per class; or, unlabelled, image files
+            and no sub-folder: then every label is :data:`UNLABELLED` and ``classes`` is empty).
         image_size: resize the shorter side to this and centre-crop to a square; if ``None``
             all images must already share one size.
         cache_dir: the cache lives in ``<cache_dir>/imagefolder``.
@@ -67,7 +72,7 @@ def load_imagefolder(
     Returns:
         :class:`ImageDataset` with ``images`` uint8 ``[N, 3, H, W]``, ``labels`` int64 ``[N]``.
     Raises:
-        DataError: missing folder, no class folders, no images, mixed sizes without
+        DataError: missing folder, no images, mixed sizes without
             ``image_size``, no readable image at all, or (``on_bad_file="error"``) any
             unreadable file or empty class folder.
     """
@@ -134,19 +139,23 @@ def scan_folder(
         ``root`` (sorted per class); int64 ``[N]`` labels; ``(size, mtime_ns)`` per file; the
         class folders holding no image file.
     Raises:
-        DataError: ``root`` is missing, not a folder, has no class folders or no image at all.
+        DataError: ``root`` is missing, not a folder, or holds no image at all.
+
+    A folder without class sub-folders is a split of unlabelled images (its own image files, every
+    label :data:`UNLABELLED`, no classes): enough to pretrain on, not to evaluate.
     """
     if not root.exists():
         raise DataError(f"{setting}={root} does not exist: point it at a folder of class sub-folders")
     if not root.is_dir():
         raise DataError(f"{setting}={root} is not a folder: expected {root}/<class>/<image files>")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
-        raise DataError(f"{setting}={root} has no class sub-folders: expected {root}/<class>/<image files>")
     files: list[str] = []
     labels: list[int] = []
     stats: list[tuple[int, int]] = []
     empty: list[str] = []
+    if not classes:  # a flat folder: unlabelled images, for pretraining
+        _walk(root, "", files, stats)
+        labels = [UNLABELLED] * len(files)
     for index, name in enumerate(classes):
         before = len(files)
         _walk(root / name, name + os.sep, files, stats)
@@ -154,9 +163,11 @@ def scan_folder(
             empty.append(name)
         labels.extend([index] * (len(files) - before))
     if not files:
+        exts = ", ".join(IMG_EXTENSIONS)
+        if not classes:
+            raise DataError(f"{setting}={root} holds no images: it has no class sub-folders and no {exts} files")
         shown = _first([repr(name) for name in classes])
-        raise DataError(f"{setting}={root} holds no images: its class folder(s) {shown} hold no "
-                        f"{', '.join(IMG_EXTENSIONS)} files")
+        raise DataError(f"{setting}={root} holds no images: its class folder(s) {shown} hold no {exts} files")
     return classes, files, np.asarray(labels, dtype=np.int64), stats, empty
 
 
@@ -265,8 +276,12 @@ def decode_images(
     sizes: dict[int, tuple[int, int]] = {}
     reasons: dict[int, str] = {}
 
-    def work(start: int, stop: int) -> int:
-        for i in range(start, stop):
+    stop = threading.Event()
+
+    def work(first: int, end: int) -> int:
+        for i in range(first, end):
+            if stop.is_set():
+                break
             try:
                 arr = decode_image(str(root / files[i]), image_size)
             except Exception as err:  # empty, corrupt, truncated or not an image: skipped and reported
@@ -277,16 +292,19 @@ def decode_images(
                 sizes[i] = arr.shape[1], arr.shape[0]
                 continue
             out[i] = arr.transpose(2, 0, 1)
-        return stop - start
+        return end - first
 
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = available_cores()
     chunk = max(16, min(512, n // (8 * workers) + 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(
-        total=n, desc=f"decoding {root.name}", unit="img", leave=False, delay=2.0
-    ) as bar:
-        futures = [pool.submit(work, s, min(s + chunk, n)) for s in range(0, n, chunk)]
-        for fut in as_completed(futures):
-            bar.update(fut.result())
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        with progress_bar(total=n, desc=f"decoding {root.name}", unit="img", leave=False, delay=2.0) as bar:
+            futures = [pool.submit(work, s, min(s + chunk, n)) for s in range(0, n, chunk)]
+            for fut in as_completed(futures):
+                bar.update(fut.result())
+    finally:  # Ctrl-C (or an error): stop within an image, not after the whole folder; nothing is cached
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
     if sizes:
         i = min(sizes)
@@ -321,16 +339,12 @@ def _read_cache(base: Path) -> tuple[np.ndarray, dict] | None:
 
 
 def _atomic_write(file: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``file`` via a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write ``file`` via a temporary file in the same folder and ``os.replace`` (umask permissions)."""
+    def to_path(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(file, to_path)
 
 
 def _write_cache(base: Path, prefix: str, images: np.ndarray, meta: dict) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.core.errors import DataError
+from selfsup.core.threads import available_cores
 
 __all__ = ["BatchSampler", "Decodable", "SequentialBatches", "SliceSteps", "Sliceable", "StepBatches", "StepStream",
            "default_workers", "report_unreadable", "stream_batches", "stream_images"]
@@ -99,9 +100,10 @@ class StepBatches(Dataset):
 
 
 def default_workers() -> int:
-    """DataLoader workers per training process: the CPU cores this process may use, shared by the
+    """DataLoader workers per training process: the CPU cores this process may use (affinity and
+    cgroup quota, :func:`~selfsup.core.threads.available_cores`), shared by the
     processes of this machine (``LOCAL_WORLD_SIZE``), at least 1 and at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     return max(1, min(8, cores // local))
 

@@ -13,7 +13,7 @@ from selfsup.config import Config, config_to_dict, save_config, validate_config,
 from selfsup.data import Split, open_split
 from selfsup.core.distributed import broadcast_module_state
 from selfsup.core.errors import ConfigError
-from selfsup.core.threads import apply_threads
+from selfsup.core.threads import apply_threads, describe_threads
 from selfsup.evaluation.protocols import evaluate, evaluation_features, format_table
 from selfsup.runs.export import export_encoder
 from selfsup.methods import METHODS, create_method
@@ -38,6 +38,7 @@ def train(cfg: Config) -> dict:
     with acc.main_process_first():  # rank 0 decodes and caches; the others read its cache
         train_data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
     acc.print(train_data.describe())
+    acc.print(describe_threads())
     method = build_method(cfg, train_data)
     trainer = Trainer(cfg, method, train_data, run_dir, acc)
     trainer.resume()  # an incompatible checkpoint is refused before the run directory changes
