@@ -18,7 +18,7 @@ from selfsup.core.threads import passive_openmp_wait as _passive_openmp_wait
 
 if _interrupt.is_cli():  # before the heavy imports: Ctrl-C during start-up is one line, exit 130;
     _interrupt.install()  # OpenMP threads sleep, not spin, while they wait (a shared CPU: see core/threads.py)
-    _passive_openmp_wait()
+    _passive_openmp_wait()  # only on a busy machine: spinning is faster on an idle one
 
 from selfsup import losses
 from selfsup.config import Config, load_config

@@ -17,9 +17,10 @@ to one number chosen here:
 Beside other jobs, a thread of a pool is often off its core when the others reach a barrier; OpenMP's
 default then spins, burning the very core the late thread waits for (2 cores shared with a training
 run: the digits linear probe took 84 s with 2 spinning threads, 9 s with 1). So the ``selfsup``
-command sets ``OMP_WAIT_POLICY=PASSIVE`` before torch and faiss load (:func:`passive_openmp_wait`;
-an ``OMP_WAIT_POLICY`` already set is kept): waiting threads sleep, and the same probe took 13 s
-with 2 threads. Python scripts that ``import selfsup`` can set it themselves before importing torch.
+command, started on a busy machine, sets ``OMP_WAIT_POLICY=PASSIVE`` before torch and faiss load
+(:func:`passive_openmp_wait`; an ``OMP_WAIT_POLICY`` already set is kept): waiting threads sleep, and
+the same probe took 13 s with 2 threads. On an idle machine spinning is faster (7% more images/s for
+SimCLR on digits), so there the runtime's default stays. Python scripts that ``import selfsup`` can set it themselves before importing torch.
 DataLoader workers (:func:`selfsup.data.step_loader.default_workers`)
 and the image-decoding threads use :func:`available_cores` too, and child processes inherit the
 choice through ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``.
@@ -124,11 +125,26 @@ def _int_or(value: str | None, default: int) -> int:
         return default
 
 
-def passive_openmp_wait(env: dict | None = None) -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless it is set already; whether that can still take effect (the
-    OpenMP runtimes read it when they load: before ``import torch`` / ``import faiss``)."""
+def machine_is_busy(load: float | None = None, cpus: int | None = None) -> bool:
+    """Whether other work already runs here: the 1-minute load average is at least half the CPUs the
+    system shows (``/proc/loadavg`` counts the whole machine, so compare with the whole machine)."""
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return False
+    cpus = cpus or os.cpu_count() or 1
+    return load >= 0.5 * cpus
+
+
+def passive_openmp_wait(env: dict | None = None, busy: bool | None = None) -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` when the machine is busy (:func:`machine_is_busy`) and it is not
+    set already; whether that can still take effect (the OpenMP runtimes read it when they load: before
+    ``import torch`` / ``import faiss``). On an idle machine the runtime's default (spin briefly, then
+    sleep) is kept: there, passive waits cost SimCLR ResNet-18 on digits 7% of its images/s
+    (eval/results/threads-under-load-cpu-2026-12-02.md)."""
     env = os.environ if env is None else env
-    if "OMP_WAIT_POLICY" in env:
+    if "OMP_WAIT_POLICY" in env or not (machine_is_busy() if busy is None else busy):
         return False
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     return not any(name in sys.modules for name in ("torch", "faiss"))

@@ -117,12 +117,21 @@ def test_passive_openmp_wait_keeps_a_users_setting(monkeypatch):
     env = {}
     monkeypatch.delitem(sys.modules, "torch")
     monkeypatch.delitem(sys.modules, "faiss", raising=False)
-    assert passive_openmp_wait(env) is True and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert passive_openmp_wait(env, busy=True) is True and env == {"OMP_WAIT_POLICY": "PASSIVE"}
     env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    assert passive_openmp_wait(env) is False and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert passive_openmp_wait(env, busy=True) is False and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    env = {}
+    assert passive_openmp_wait(env, busy=False) is False and env == {}  # idle: the runtime's default
     monkeypatch.undo()  # torch loaded: too late for this process, still set for its children
     env = {}
-    assert passive_openmp_wait(env) is False and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert passive_openmp_wait(env, busy=True) is False and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def test_busy_means_a_load_of_half_the_cpus():
+    from selfsup.core.threads import machine_is_busy
+
+    assert machine_is_busy(load=1.0, cpus=2) and machine_is_busy(load=7.5, cpus=2)
+    assert not machine_is_busy(load=0.9, cpus=2) and not machine_is_busy(load=3.0, cpus=16)
 
 
 def test_the_choice_is_described(monkeypatch):
