@@ -12,6 +12,8 @@ split's mean/std (LightlySSL's transforms get those statistics too, not its Imag
 * ``--side ours``: ``selfsup train <method>-cifar10 data.name=imagefolder ... backbone.small_stem=false
   trainer.batch_size=256 trainer.epochs=N trainer.seed=S <shortening> eval.at_end=false eval.online=false``
   through ``selfsup.train`` (online monitoring off: the other side has none, and it costs time).
+* ``--side random`` (no METHOD): no training; torchvision's randomly initialised ``resnet18`` (BN weights 1,
+  the stronger of the two random baselines) evaluated the same way: the bar "did pretraining help?".
 * ``--side lightly``: LightlySSL's losses, heads, transforms (32 px, blur off, as its CIFAR-10
   benchmark) and momentum updates with the hyper-parameters of its CIFAR-10 benchmark
   (lightly-ai/lightly ``docs/source/getting_started/benchmarks/cifar10_benchmark.py``; VICReg, absent
@@ -343,7 +345,7 @@ def run(args) -> dict:
         work = Path(tempfile.mkdtemp(prefix="cifar10-vs-lightly-"))
         args.train, args.val = (limited_folder(p, args.limit_images, work / n) for n, p in
                                 (("train", args.train), ("val", args.val)))
-    args.recipe = f"{args.method}-cifar10"
+    args.recipe = f"{args.method if args.side != 'random' else 'simclr'}-cifar10"  # random: any recipe's data/eval
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = args.run_dir or f"runs/cifar10-vs-lightly/{args.method}-s{args.seed}-{args.epochs}ep-{stamp}"
     common = ["data.name=imagefolder", f"data.train={args.train}", f"data.val={args.val}", "backbone.name=resnet18",
@@ -358,19 +360,25 @@ def run(args) -> dict:
     if args.side == "ours":
         result = train_ours(args, common + short + extra)
         command = "selfsup train " + " ".join(shlex.quote(a) for a in [args.recipe, *common, *short, *extra])
-    else:
+    elif args.side == "lightly":
         result = train_lightly(args, cfg, train_data)
+        command = None
+    else:  # the untrained network both sides start from, torchvision's init (the stronger random baseline)
+        torch.manual_seed(args.seed)
+        result = {"encoder": torchvision_resnet18(), "losses": [], "train_seconds": 0.0,
+                  "hparams": {"init": "torchvision resnet18(): kaiming-normal convs, BN weight 1, no zero-init residual",
+                              "warmup_rule": "-"}}
         command = None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     evals = evaluate(result.pop("encoder"), train_data, open_split(cfg.data, "val", seed=args.seed), cfg.eval,
                      protocols=["knn", "linear"], device=device)
     losses = result.pop("losses")
-    steps = args.epochs * (len(train_data) // args.batch_size)  # both sides: EpochSampler's steps
+    steps = args.epochs * (len(train_data) // args.batch_size) if args.side != "random" else 0  # EpochSampler's steps
     finite = all(math.isfinite(x) for x in losses)
-    return {"method": args.method, "side": args.side, "seed": args.seed, "epochs": args.epochs,
+    return {"method": args.method or "random", "side": args.side, "seed": args.seed, "epochs": args.epochs,
             "batch_size": args.batch_size, "steps": steps, "train_seconds": result["train_seconds"],
             "wall_seconds": result.get("wall_seconds"),
-            "images_per_s": steps * args.batch_size / result["train_seconds"],
+            "images_per_s": steps * args.batch_size / result["train_seconds"] if steps else None,
             **{k: evals.get(k, {}).get("top1") for k in ("knn_k20", "knn_k200", "linear")},  # None: k > training images
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None, "loss_finite": finite,
             "shortening": short if args.side == "ours" else result["hparams"]["warmup_rule"],
@@ -400,6 +408,11 @@ def table(path: str) -> str:
     keys = ("knn_k20", "knn_k200", "linear")
     out = ["| method | ours k20 / k200 / linear | LightlySSL k20 / k200 / linear | seeds (ours; LightlySSL) | "
            "gap k200 / linear (points) |", "|---|---|---|---|---|"]
+    random_rows = [r for r in rows if r["side"] == "random"]
+    if random_rows:
+        mean = {k: _mean_percent(r.get(k) for r in random_rows) for k in keys}
+        out.append(f"| random init (torchvision), no training | {' / '.join(_fmt(mean[k], '') for k in keys)} | "
+                   f"(the same network) | {','.join(str(r['seed']) for r in random_rows)} | - |")
     for method in [m for m in METHODS if any(r["method"] == m for r in rows)]:
         side = {s: [r for r in rows if r["method"] == method and r["side"] == s] for s in ("ours", "lightly")}
         mean = {s: {k: _mean_percent(r.get(k) for r in rs) for k in keys} for s, rs in side.items() if rs}
@@ -415,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("method", nargs="?", choices=METHODS)
-    p.add_argument("--side", choices=("ours", "lightly"))
+    p.add_argument("--side", choices=("ours", "lightly", "random"),
+                   help="random: no training, torchvision's randomly initialised resnet18 (no METHOD)")
     p.add_argument("--table", metavar="JSONL", help="print the markdown table of a results file and exit")
     p.add_argument("--train", default="/tmp/cifar10-jpeg/train")
     p.add_argument("--val", default="/tmp/cifar10-jpeg/test")
@@ -434,9 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(table(args.table))
         return 0
-    if not args.method or not args.side:
-        p.error("give a METHOD and --side ours|lightly (or --table FILE)")
-    if args.side == "lightly" and args.overrides:
+    if args.side == "random" and args.method:
+        p.error("--side random evaluates the untrained network: give no METHOD")
+    if args.side != "random" and (not args.method or not args.side):
+        p.error("give a METHOD and --side ours|lightly, or --side random (or --table FILE)")
+    if args.side in ("lightly", "random") and args.overrides:
         p.error("config overrides apply to --side ours only")
     try:
         import lightly  # noqa: F401

@@ -74,3 +74,18 @@ def test_table_of_handwritten_rows_averages_seeds_and_shows_the_gap(tmp_path, ca
     assert _script().main(["--table", str(out)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line == "| moco | 55.0 / 55.0 / 55.0 | 40.0 / 40.0 / 40.0 | 0,1; 0 | +15.0 / +15.0 |"
+
+
+def test_random_side_evaluates_the_untrained_network_and_heads_the_table(folder, tmp_path, capsys):
+    pytest.importorskip("lightly")  # the script refuses to run without the bench extra
+    script, out = _script(), tmp_path / "rows.jsonl"
+    argv = ["--side", "random", "--train", str(folder / "train"), "--val", str(folder / "test"), "--out", str(out)]
+    assert script.main(argv) == 0 and script.main(argv) == 0  # same seed: the same network, the same numbers
+    first, second = [json.loads(line) for line in out.read_text().splitlines()]
+    assert first["method"] == "random" and first["steps"] == 0 and first["images_per_s"] is None
+    assert 0.0 <= first["linear"] <= 1.0 and first["knn_k20"] == second["knn_k20"]
+    capsys.readouterr()
+    assert script.main(["--table", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[2].startswith("| random init (torchvision), no training |")
+    with pytest.raises(SystemExit):
+        script.main(["simclr", "--side", "random"])  # a method with the untrained network is a usage error
