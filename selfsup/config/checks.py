@@ -7,6 +7,7 @@ one-line :class:`~selfsup.core.errors.ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 from pathlib import Path
@@ -51,10 +52,49 @@ def validate_config(cfg: Config) -> Config:
         raise _fail("trainer.lars_trust_coefficient", t.lars_trust_coefficient, "> 0 (LARS's eta, e.g. 0.001 or 0.02)")
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise _fail("trainer.grad_clip", t.grad_clip, "> 0 (or null for no clipping)")
+    _check_optimizer_and_schedule(t)
+    log_with_names(cfg.run.log_with)  # tracker names (whether their packages are installed: when training starts)
     if not e.knn_k or min(e.knn_k) < 1:
         raise _fail("eval.knn_k", e.knn_k, "a non-empty list of integers >= 1")
     validate_method(cfg.method)  # what a method checks beyond its fields' bounds, it checks itself
     return cfg
+
+
+def _check_optimizer_and_schedule(t: Any) -> None:
+    """``trainer.optimizer``: a name of timm's optimizer factory; ``trainer.schedule``'s own keys."""
+    from timm.optim import list_optimizers
+
+    names = list_optimizers()
+    base = t.optimizer.lower().removeprefix("lookahead_")  # timm's Lookahead wrapper: lookahead_adamw, ...
+    if base not in names:
+        close = difflib.get_close_matches(base, names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "timm.optim.list_optimizers() names them all"
+        raise ConfigError(f"trainer.optimizer={t.optimizer} is no optimizer of timm's factory; {hint}")
+    if t.schedule == "multistep" and not t.lr_milestones:
+        raise _fail("trainer.lr_milestones", [], "a non-empty list of epochs with trainer.schedule=multistep")
+    if any(m < 0 for m in t.lr_milestones):
+        raise _fail("trainer.lr_milestones", t.lr_milestones, "epochs >= 0")
+
+
+def log_with_names(value: list[str] | str) -> list[str]:
+    """``run.log_with`` as a list of tracker names (lower case): ``[]`` for none, ``["auto"]`` for auto;
+    an unknown name is a one-line ConfigError with the closest known one."""
+    from accelerate.utils import LoggerType
+
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(item).strip().lower() for item in items if str(item).strip()]
+    if names in (["auto"], ["none"], []):
+        return [] if names != ["auto"] else names
+    if {"auto", "none"} & set(names):
+        raise ConfigError(f"run.log_with={value}: auto and none stand alone, not in a list of trackers")
+    known = [t.value for t in LoggerType if t.value != "all"]
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known + ["auto", "none"], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"run.log_with: unknown tracker '{name}'{hint}; trackers: {', '.join(known)}, "
+                              "or auto, or none")
+    return list(dict.fromkeys(names))
 
 
 def validate_method(method: Any) -> Any:

@@ -132,14 +132,25 @@ class TrainerConfig:
     batch_size: int = bounded(256, ge=1)  # global, over all processes and accumulation steps
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 (with a grad scaler) on CUDA only
     seed: int = bounded(0, ge=0)  # initialisation, data order and augmentation
-    optimizer: Literal["sgd", "adamw", "lars"] = "sgd"  # lars: timm's LARS (biases and norms not adapted)
+    # any name of timm's optimizer factory (timm.optim.list_optimizers(): nesterov, adam, adamw, adagrad, rmsprop,
+    # lamb, lars, lion, ...) over our parameter groups; sgd is SGD with momentum (timm's `momentum`; timm's own
+    # `sgd` is Nesterov's: say nesterov); lars: timm's LARS (biases and norms not adapted)
+    optimizer: str = "sgd"
+    optimizer_args: dict = field(default_factory=dict)  # further keyword arguments of the optimizer: trainer.optimizer_args.eps=1e-6
     lr: float = bounded(0.3, gt=0)  # base learning rate, scaled by `lr_scaling` from batch 256
     # peak lr = lr x batch/256 (linear), lr x sqrt(batch/256) (sqrt), or lr as given (none)
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
-    min_lr: float = 0.0  # end of the cosine, as a fraction of the peak learning rate
-    warmup_epochs: float = bounded(10.0, ge=0)  # linear warm-up, then cosine decay to min_lr
+    # after the linear warm-up, per step: cosine to min_lr, linear to min_lr, step (x lr_gamma every lr_step_epochs),
+    # multistep (x lr_gamma at each of lr_milestones), exponential (x lr_gamma per epoch), constant (the peak)
+    schedule: Literal["cosine", "linear", "step", "multistep", "exponential", "constant"] = "cosine"
+    min_lr: float = 0.0  # where cosine and linear end, and the floor of every decay, as a fraction of the peak learning rate
+    warmup_epochs: float = bounded(10.0, ge=0)  # linear warm-up from 0 to the peak, then `schedule`
+    lr_gamma: float = bounded(0.1, gt=0, le=1)  # step / multistep: factor at each decay; exponential: factor per epoch (e.g. 0.97)
+    lr_step_epochs: float = bounded(30.0, gt=0)  # step: epochs between decays, counted from the start of the run
+    lr_milestones: list[float] = field(default_factory=list)  # multistep: epochs of the run at which the lr is multiplied by lr_gamma
     weight_decay: float = bounded(1e-6, ge=0)  # never applied to biases and normalisation parameters
-    momentum: float = bounded(0.9, ge=0, lt=1)  # SGD / LARS momentum; AdamW's beta1
+    momentum: float = bounded(0.9, ge=0, lt=1)  # SGD / LARS / RMSProp momentum; beta1 of Adam-like optimizers (adam, adamw, lamb, lion, ...)
+    beta2: float | None = bounded(None, ge=0, lt=1)  # beta2 of Adam-like optimizers (None: the optimizer's default, 0.999 for adam/adamw)
     lars_trust_coefficient: float = 0.001  # LARS eta (You et al. 2017); vicreg-cifar10 uses 0.02, the usual CIFAR-10 setting
     lars_trust_clip: bool = False  # LARS: clip the layer-wise rate at the global rate (LARC)
     grad_clip: float | None = None  # max global gradient norm
@@ -185,8 +196,13 @@ class EvalConfig:
     knn_temperature: float = bounded(0.07, gt=0)  # T of the votes' weights exp(similarity / T)
     knn_index: Literal["flat", "ivf"] = "flat"  # faiss exact search, or an inverted file for millions of features
     linear: bool = True  # fit the linear probe (lr and weight decay chosen on held-out training images)
-    linear_loss: Literal["softmax", "hinge"] = "softmax"  # linear probe: cross-entropy or Crammer-Singer multiclass SVM
+    linear_loss: Literal["softmax", "hinge"] = "softmax"  # linear probe: cross-entropy or multiclass SVM (hinge)
+    # the hinge's form: sum over the wrong classes (Weston & Watkins 1999) or the worst one only (Crammer & Singer 2001)
+    linear_hinge_form: Literal["weston_watkins", "crammer_singer"] = "weston_watkins"
     linear_solver: Literal["sgd", "lbfgs"] = "sgd"  # sgd: the lr x wd grid as parallel heads; lbfgs: exact, softmax only
+    # ViT features: cls = the encoder's pooled feature (timm's: the class token unless global_pool says otherwise),
+    # mean = the mean of the patch tokens after the final norm (selfsup.models.vit_patches.forward_patches)
+    pool: Literal["cls", "mean"] = "cls"
     random_baseline: bool = False  # also evaluate 2 random inits of the architecture (timm's, PyTorch reset_parameters())
     batch_size: int = bounded(512, ge=1)  # images per batch when extracting features
     # online monitoring during training (selfsup.engine.monitor): periodic kNN, online linear classifier on
@@ -206,7 +222,12 @@ class RunConfig:
     """The run directory and what is written into it besides metrics.jsonl, checkpoints and the encoder."""
 
     dir: str | None = None  # default: runs/<recipe name>
-    tensorboard: bool = True  # also log metrics.jsonl's rows to <run.dir>/tensorboard when tensorboard is installed
+    # experiment trackers (Accelerate's) that also get metrics.jsonl's rows: a list or a comma string of tensorboard,
+    # wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio; none: metrics.jsonl only; auto: tensorboard
+    # when run.tensorboard is true and tensorboard is installed, else none (as before log_with existed)
+    log_with: list[str] | str = "auto"
+    tensorboard: bool = True  # read by log_with=auto only: log to <run.dir>/tensorboard when tensorboard is installed
+    project: str = "selfsup"  # W&B project / MLflow experiment the run is logged in (the run is named after run.dir)
     plots: bool = True  # write <run.dir>/plots/*.png at the end when matplotlib is installed
     threads: int | Literal["auto"] = "auto"  # CPU threads of torch, faiss, BLAS; auto: the cores this process may use (env SELFSUP_THREADS)
 

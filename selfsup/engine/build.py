@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -11,6 +12,7 @@ from selfsup.core.errors import ConfigError, DataError
 from selfsup.core.registry import METHODS
 from selfsup.data import Split
 from selfsup.engine.init_from import load_init_weights
+from selfsup.engine.run_log import accelerator_trackers
 from selfsup.methods import create_method
 from selfsup.methods.base import Method
 from selfsup.models.backbones import (
@@ -56,14 +58,18 @@ def _check_non_image_data(cfg: Config, data: Split) -> None:
                           f"not backbone.name={cfg.backbone.name}")
 
 
-def make_accelerator(cfg: Config) -> Accelerator:
+def make_accelerator(cfg: Config, run_dir: Path | None = None) -> Accelerator:
+    """The Accelerator of a run: precision, CPU processes over gloo when launched without an accelerator,
+    and with ``run_dir`` the experiment trackers of ``run.log_with`` (:mod:`selfsup.engine.run_log`)."""
     if cfg.trainer.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("trainer.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
     # Launched processes (torchrun / accelerate launch) on a machine without an accelerator: CPU
     # processes over gloo. Accelerate picks MULTI_CPU only when told cpu=True; otherwise every
     # process would train alone on the whole job (and they would all write the run directory).
     cpu = not _has_accelerator() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.trainer.precision], cpu=cpu)
+    trackers = accelerator_trackers(cfg.run, run_dir) if run_dir is not None else []
+    return Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.trainer.precision], cpu=cpu,
+                       log_with=trackers or None, project_dir=str(run_dir) if trackers else None)
 
 
 def _has_accelerator() -> bool:

@@ -1,13 +1,19 @@
-"""Optimizer construction: parameter groups without weight decay on biases and norms, and with
-per-submodule learning-rate rules."""
+"""Optimizer construction: our parameter groups (no weight decay on biases and norms, per-submodule
+learning-rate rules) handed to timm's optimizer factory, so ``trainer.optimizer`` takes any of its names."""
 from __future__ import annotations
 
+import inspect
+
 import torch
-from timm.optim import Lars
+from timm.optim import Lars, create_optimizer_v2, get_optimizer_info
 from torch import nn
 
 from selfsup.config import TrainerConfig
+from selfsup.core.errors import ConfigError
 from selfsup.methods.base import LrRule
+
+# our name -> timm's: `sgd` has always meant SGD with (heavy-ball) momentum here; timm's `sgd` is Nesterov's
+OPTIMIZER_ALIASES = {"sgd": "momentum"}
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr_rules: dict[str, LrRule] | None = None) -> list[dict]:
@@ -37,19 +43,55 @@ def param_groups(model: nn.Module, weight_decay: float, lr_rules: dict[str, LrRu
     ]
 
 
+def timm_optimizer_name(name: str) -> str:
+    """``trainer.optimizer`` as timm's factory names it (``sgd`` -> ``momentum``, ``lookahead_sgd`` -> ...)."""
+    prefix, _, base = name.lower().rpartition("_")
+    return (prefix + "_" if prefix else "") + OPTIMIZER_ALIASES.get(base, base)
+
+
+def optimizer_kwargs(cfg: TrainerConfig) -> dict:
+    """The keyword arguments our config gives timm's factory for ``cfg.optimizer`` (besides lr, weight
+    decay and momentum): Adam-like ``betas = (momentum, beta2)``, LARS's eta and clip, then
+    ``trainer.optimizer_args`` over them."""
+    info = get_optimizer_info(timm_optimizer_name(cfg.optimizer).rpartition("_")[2])
+    if info.second_order:
+        raise ConfigError(f"trainer.optimizer={cfg.optimizer} is a second-order optimizer (it needs the Hessian's "
+                          "backward pass, which the trainer does not run); pick a first-order one")
+    kwargs: dict = {}
+    if info.has_betas:
+        default = (info.defaults or {}).get("betas", _signature_default(info.opt_class, "betas"))
+        if (isinstance(default, (tuple, list)) and len(default) == 2) or cfg.beta2 is not None:
+            kwargs["betas"] = (cfg.momentum, cfg.beta2 if cfg.beta2 is not None else default[1])
+    if info.opt_class is Lars:
+        kwargs["trust_coeff"] = cfg.lars_trust_coefficient
+        if cfg.lars_trust_clip:
+            kwargs["trust_clip"] = True
+    return {**kwargs, **cfg.optimizer_args}
+
+
 def create_optimizer(model: nn.Module, cfg: TrainerConfig, lr: float,
                      lr_rules: dict[str, LrRule] | None = None) -> torch.optim.Optimizer:
-    """SGD (momentum), AdamW or LARS (timm.optim.Lars; You et al. 2017) over :func:`param_groups`.
+    """``cfg.optimizer`` from timm's factory (``timm.optim.create_optimizer_v2``) over :func:`param_groups`.
 
-    LARS scales each decayed weight tensor's step by ``eta * ||w|| / (||g|| + wd * ||w||)``
-    (``eta`` = ``trainer.lars_trust_coefficient``), i.e. the step is ``lr * ratio * (g + wd * w)``;
-    with ``trainer.lars_trust_clip`` (LARC's clipping) it is ``min(lr, ratio) * (g + wd * w)``.
-    LARS learning rates are only comparable between runs with the same eta.
+    timm never regroups them: each group keeps its weight decay (0 for biases and norms) and our
+    ``wd_scale`` / ``lr_scale`` / ``lr_fixed``, which the trainer reads every step. ``trainer.momentum``
+    is the momentum of SGD, LARS, RMSProp, ... and beta1 of Adam-like optimizers.
+
+    LARS (timm.optim.Lars; You et al. 2017) scales each decayed weight tensor's step by
+    ``eta * ||w|| / (||g|| + wd * ||w||)`` (``eta`` = ``trainer.lars_trust_coefficient``), i.e. the step is
+    ``lr * ratio * (g + wd * w)``; with ``trainer.lars_trust_clip`` (LARC's clipping) it is
+    ``min(lr, ratio) * (g + wd * w)``. LARS learning rates are only comparable between runs with the same eta.
     """
     groups = param_groups(model, cfg.weight_decay, lr_rules)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
-    return Lars(groups, lr=lr, momentum=cfg.momentum, trust_coeff=cfg.lars_trust_coefficient,
-                trust_clip=cfg.lars_trust_clip)
+    kwargs = optimizer_kwargs(cfg)
+    try:
+        return create_optimizer_v2(groups, opt=timm_optimizer_name(cfg.optimizer), lr=lr,
+                                   weight_decay=cfg.weight_decay, momentum=cfg.momentum, **kwargs)
+    except (TypeError, ValueError, ImportError) as err:  # a bad optimizer_args key or value, a missing package
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"trainer.optimizer={cfg.optimizer} with {kwargs or 'no extra arguments'}: {first}") from None
+
+
+def _signature_default(cls: type, name: str):
+    parameter = inspect.signature(cls).parameters.get(name)
+    return parameter.default if parameter is not None else None

@@ -30,7 +30,7 @@ from selfsup.core.distributed import (
 )
 from selfsup.core.errors import CheckpointError, NonFiniteError, TrainingInterrupted
 from selfsup.core.progress import progress_bar
-from selfsup.core.schedules import scaled_lr, warmup_cosine
+from selfsup.core.schedules import lr_schedule, scaled_lr
 from selfsup.data import Split
 from selfsup.data.augment import ViewMaker
 from selfsup.engine.checkpoint import (
@@ -76,7 +76,8 @@ def view_seed(seed: int, step: int, process: int, micro: int) -> int:
 
 
 class Trainer:
-    """Trains ``method`` on ``data`` as ``cfg.trainer`` says, writing into ``run_dir``."""
+    """Trains ``method`` on ``data`` as ``cfg.trainer`` says, writing into ``run_dir``; the experiment trackers
+    are ``accelerator``'s (``make_accelerator(cfg, run_dir)`` gives it those of ``run.log_with``)."""
 
     def __init__(self, cfg: Config, method: Method, data: Split, run_dir: Path,
                  accelerator: Accelerator):
@@ -126,7 +127,8 @@ class Trainer:
                           + (" and never reaches its peak" if warmup > self.total_steps else "")
                           + "; lower trainer.warmup_epochs")
         schedules = {
-            "lr": warmup_cosine(peak, peak * tc.min_lr, self.total_steps, warmup),
+            "lr": lr_schedule(tc.schedule, peak, peak * tc.min_lr, self.total_steps, warmup, steps_per_epoch=spe,
+                              gamma=tc.lr_gamma, step_epochs=tc.lr_step_epochs, milestones=tc.lr_milestones),
             "weight_decay": np.full(self.total_steps, tc.weight_decay),
         }
         schedules.update(method.schedules(self.total_steps, spe))
@@ -206,8 +208,8 @@ class Trainer:
         if self.acc.is_main_process:  # what an abandoned attempt wrote after this step goes
             for path in discard_after(self.run_dir / "checkpoints", self.step):
                 self.acc.print(f"removed {path}: it is newer than step {self.step}, where this run starts")
-        self.log = MetricsLog(self.run_dir, start_step=self.step, tensorboard=self.cfg.run.tensorboard,
-                              enabled=self.acc.is_main_process)
+        self.log = MetricsLog(self.run_dir, start_step=self.step, accelerator=self.acc, config=config_to_dict(self.cfg),
+                              project=self.cfg.run.project, enabled=self.acc.is_main_process)  # + run.log_with's trackers
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._loop()

@@ -34,7 +34,7 @@ def train(cfg: Config) -> dict:
     validate_config(cfg)  # again: a Config built in Python skipped the checks of loading
     validate_paths(cfg, run_dir)  # before anything is decoded or trained
     apply_threads(cfg.run.threads)
-    acc = make_accelerator(cfg)
+    acc = make_accelerator(cfg, run_dir)  # with run.log_with's trackers
     with acc.main_process_first():  # rank 0 decodes and caches; the others read its cache
         train_data = open_split(cfg.data, "train", seed=cfg.trainer.seed)
     acc.print(train_data.describe())
