@@ -81,7 +81,7 @@ def evaluate(encoder: nn.Module, train: Split, val: Split, cfg: EvalConfig, *,
     if "linear" in protocols:
         linear, probe = linear_probe(features["train"], train.labels, features["val"], val.labels,
                                      num_classes=num_classes, loss=cfg.linear_loss, solver=cfg.linear_solver,
-                                     progress=progress, return_probe=True)
+                                     hinge_form=cfg.linear_hinge_form, progress=progress, return_probe=True)
         results.update(linear)
         predictions = probe.predict(features["val"])
     if "finetune" in protocols:
@@ -176,7 +176,7 @@ def _frozen_features(encoder: nn.Module, train: Split, val: Split, cfg: EvalConf
     features = {
         name: cached_features(encoder, data, train.mean, train.std, cache_dir=cache_dir, labels=data.labels,
                               dataset_id=name, batch_size=cfg.batch_size, device=device, progress=progress,
-                              shard=shard)
+                              shard=shard, pool=cfg.pool)
         for name, data in (("train", train), ("val", val))
     } if any(p in protocols for p in ("knn", "linear")) else {}
     if classifier is not None:

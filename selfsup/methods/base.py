@@ -55,7 +55,7 @@ class Method(nn.Module):
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     min_batch_size: ClassVar[int] = 1  # smallest per-process batch the loss is defined for
-    uses_labels: ClassVar[bool] = False  # True only for supervised baselines
+    uses_labels: ClassVar[bool] = False  # True for methods trained with labels (supervised baselines, SupCon)
     paper: ClassVar[str] = ""
     # Default of ``trainer.sync_bn``: with several processes, BN layers normalise with the global
     # batch's statistics, so N processes compute what 1 process computes on the global batch.

@@ -4,7 +4,8 @@ The reference row of every benchmark table: the same backbone, data, trainer and
 the self-supervised methods, but trained on the labels. One view per image (random resized crop +
 horizontal flip, no colour augmentation), backbone features -> dropout (Srivastava et al. 2014,
 JMLR 15) -> linear layer -> cross-entropy with optional label smoothing (Szegedy et al. 2016,
-arXiv:1512.00567, sec. 7) or the Crammer & Singer multiclass hinge (JMLR 2001).
+arXiv:1512.00567, sec. 7) or the multiclass SVM hinge: Weston & Watkins (ESANN 1999; the default) or
+Crammer & Singer (JMLR 2001), ``method.hinge_form``.
 
 ``encoder`` is the backbone (exported and probed like any SSL encoder); the head's own accuracy is
 reported as the ``classifier`` protocol through :meth:`Supervised.classify`.
@@ -32,6 +33,8 @@ class SupervisedConfig(MethodConfig):
     loss: Literal["cross_entropy", "hinge"] = "cross_entropy"
     label_smoothing: float = 0.0  # cross_entropy only
     margin: float = bounded(1.0, ge=0)  # hinge only
+    # hinge only: sum over the wrong classes (Weston & Watkins 1999) or the worst one only (Crammer & Singer 2001)
+    hinge_form: Literal["weston_watkins", "crammer_singer"] = "weston_watkins"
     dropout: float = 0.0  # on the features, before the linear head
     # random resized crop; (1, 1) keeps the whole image
     crop_scale: tuple[float, float] = bounded((0.35, 1.0), gt=0, le=1, pair=True)
@@ -43,7 +46,8 @@ class Supervised(Method):
     """Supervised baseline: backbone + dropout (Srivastava et al. 2014) + linear head on the labels.
 
     Loss: cross-entropy with optional label smoothing (Szegedy et al. 2016, arXiv:1512.00567, sec. 7) or the
-    Crammer & Singer multiclass hinge (JMLR 2001; :func:`~selfsup.losses.multiclass_hinge`).
+    multiclass SVM hinge (:func:`~selfsup.losses.multiclass_hinge`): Weston & Watkins (ESANN 1999, the default) or
+    Crammer & Singer (JMLR 2001), ``method.hinge_form``.
 
     Shapes: ``views`` one float ``[B, C, H, W]``; features ``[B, num_features]``; ``classify(x)`` gives the
     logits ``[B, num_classes]``. ``encoder`` is the backbone.
@@ -80,7 +84,7 @@ class Supervised(Method):
         """``views``: one [B, C, H, W]; returns the loss and the batch's training top-1."""
         logits = self.classify(views[0])
         if self.cfg.loss == "hinge":
-            loss = multiclass_hinge(logits, labels, self.cfg.margin)
+            loss = multiclass_hinge(logits, labels, self.cfg.margin, form=self.cfg.hinge_form)
         else:
             loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
         with torch.no_grad():

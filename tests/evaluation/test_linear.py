@@ -113,20 +113,35 @@ def test_linear_probe_rejects_bad_arguments():
 # ----------------------------------------------------------------------------- SGD heads, hinge
 
 
-@pytest.mark.parametrize("loss", ["softmax", "hinge"])
-def test_score_gradient_matches_autograd_of_the_losses(loss):
+@pytest.mark.parametrize("loss, form", [("softmax", "weston_watkins"), ("hinge", "weston_watkins"),
+                                        ("hinge", "crammer_singer")])
+def test_score_gradient_matches_autograd_of_the_losses(loss, form):
     from selfsup.losses import multiclass_hinge
 
     g = torch.Generator().manual_seed(0)
     scores = (torch.randn(16, 3, 5, generator=g) * 2).requires_grad_(True)  # B=16, G=3 heads, C=5
     y = torch.randint(0, 5, (16,), generator=g)
     per_head = [
-        (multiclass_hinge if loss == "hinge" else F.cross_entropy)(scores[:, h], y) for h in range(3)
+        (multiclass_hinge(scores[:, h], y, form=form) if loss == "hinge" else F.cross_entropy(scores[:, h], y))
+        for h in range(3)
     ]
     (expected,) = torch.autograd.grad(sum(per_head), scores)
-    torch.testing.assert_close(_score_gradient(scores.detach(), y, loss), expected)
+    torch.testing.assert_close(_score_gradient(scores.detach(), y, loss, form), expected)
     if loss == "hinge":
         assert 0 < int((expected != 0).any(dim=2).sum()) < 48  # some samples inside the margin, some not
+    if form == "weston_watkins" and loss == "hinge":  # some sample pays for two wrong classes (not the max form)
+        assert int(((expected > 0).sum(dim=2) >= 2).sum()) > 0
+
+
+def test_hinge_probe_form_is_recorded_and_checked():
+    x_tr, y_tr, x_te, y_te = split(300, 100, 4, 8, spread=2.0, seed=5)
+    ww = linear_probe(x_tr, y_tr, x_te, y_te, loss="hinge", steps=50, progress=False)["linear"]
+    cs = linear_probe(x_tr, y_tr, x_te, y_te, loss="hinge", hinge_form="crammer_singer", steps=50,
+                      progress=False)["linear"]
+    assert ww["hinge_form"] == "weston_watkins" and cs["hinge_form"] == "crammer_singer"
+    assert "hinge_form" not in linear_probe(x_tr, y_tr, x_te, y_te, steps=50, progress=False)["linear"]
+    with pytest.raises(SelfsupError, match="hinge_form must be one of weston_watkins, crammer_singer"):
+        linear_probe(x_tr, y_tr, x_te, y_te, loss="hinge", hinge_form="max", progress=False)
 
 
 def test_heads_train_independently():

@@ -100,3 +100,19 @@ def test_baseline_run_through_selfsup_eval_and_export(family, fmt, tmp_path, cap
     assert main(["eval", str(out), "--protocol", "knn"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["knn_k5"]["top1"] == pytest.approx(
         results["knn_k5"]["top1"])
+
+
+@pytest.mark.parametrize("form", [None, "weston_watkins", "crammer_singer"])
+def test_hinge_loss_takes_the_configured_form_weston_watkins_by_default(form):
+    from selfsup.losses import multiclass_hinge
+    from selfsup.methods import create_method
+    from selfsup.models.backbones import create_backbone
+
+    torch.manual_seed(0)
+    options = {"loss": "hinge", **({"hinge_form": form} if form else {})}
+    method = create_method("supervised", create_backbone("test_resnet", small_stem=True), image_size=16,
+                           num_classes=5, **options).eval()
+    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0])
+    with torch.no_grad():
+        want = multiclass_hinge(method.classify(x), y, 1.0, form=form or "weston_watkins")
+        assert method([x], y, {})["loss"] == want
