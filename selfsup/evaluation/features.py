@@ -29,7 +29,7 @@ from selfsup.core.distributed import (
     shard_bounds,
     world_size,
 )
-from selfsup.core.errors import DataError, SelfsupError
+from selfsup.core.errors import ConfigError, DataError, SelfsupError
 from selfsup.core.files import PathError, atomic_write
 from selfsup.core.progress import progress_bar
 from selfsup.data.fingerprint import hash_tensor, tensor_fingerprint
@@ -39,6 +39,8 @@ __all__ = [
     "extract_features", "cached_features", "feature_cache_key", "encoder_fingerprint", "dataset_fingerprint",
     "transform_fingerprint",
 ]
+
+POOLS = ("cls", "mean")  # eval.pool: the encoder's own feature, or the mean of a ViT's patch tokens
 
 
 def _resolve_device(encoder: nn.Module, device: torch.device | str | None) -> torch.device:
@@ -96,6 +98,7 @@ def extract_features(
     image_size: int | None = None,
     progress: bool = True,
     shard: bool = False,
+    pool: str = "cls",
 ) -> torch.Tensor:
     """Run a frozen ``encoder`` over ``images`` batch by batch and return its features.
 
@@ -126,11 +129,15 @@ def extract_features(
             order, each row computed once. Every rank must call it, with the same arguments; only
             rank 0 shows progress. With fewer rows than processes every rank extracts them all.
             One process: ignored.
+        pool: ``"cls"``: the encoder's own output (a timm ViT's pooled feature: its class token unless its
+            ``global_pool`` says otherwise); ``"mean"``: the mean of a ViT's patch tokens after the final
+            norm, ``encoder.forward_patches(x).mean(1)`` (:mod:`selfsup.models.vit_patches`; ``eval.pool``).
 
     Returns:
         float32 [N, D] on the CPU.
     """
     _check_input(images)
+    check_pool(encoder, pool)
     if batch_size < 1:
         raise SelfsupError(f"batch_size must be a positive integer, got {batch_size}")
     total = len(images)
@@ -155,7 +162,7 @@ def extract_features(
             for batch in progress_bar(batches, total=-(-len(images) // batch_size), desc="features", unit="batch",
                                       disable=not progress):
                 batch = batch.to(run_device, non_blocking=True)
-                chunks.append(_forward(encoder, batch, mean_t, std_t, image_size).cpu())
+                chunks.append(_forward(encoder, batch, mean_t, std_t, image_size, pool).cpu())
     finally:
         for module, was_training in modes:
             module.training = was_training
@@ -163,6 +170,15 @@ def extract_features(
     # features freely (in-place ops, autograd inputs) instead of getting an inference tensor.
     features = torch.cat(chunks)
     return gather_rows(features, total) if sharded else features
+
+
+def check_pool(encoder: nn.Module, pool: str) -> None:
+    """One-line :class:`ConfigError` for an unknown ``pool``, or ``"mean"`` on an encoder without patch tokens."""
+    if pool not in POOLS:
+        raise ConfigError(f"eval.pool={pool!r}: choose one of {', '.join(POOLS)}")
+    if pool == "mean" and not callable(getattr(encoder, "forward_patches", None)):
+        name = (getattr(encoder, "selfsup_spec", None) or {}).get("name", type(encoder).__name__)
+        raise ConfigError(f"eval.pool=mean averages a ViT's patch tokens; {name} has none (use eval.pool=cls)")
 
 
 def _shards(shard: bool, num_rows: int) -> bool:
@@ -190,6 +206,7 @@ def _forward(
     mean: torch.Tensor,
     std: torch.Tensor,
     image_size: int | None,
+    pool: str = "cls",
 ) -> torch.Tensor:
     """uint8 [B, C, H, W] (or float32 non-image data, not rescaled) -> float32 features [B, D] (on the batch's device)."""
     x = batch if batch.is_floating_point() else batch.float().div_(255.0)
@@ -199,7 +216,7 @@ def _forward(
             x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=shrinking
         )
     x = (x - mean) / std
-    out = encoder(x)
+    out = encoder(x) if pool == "cls" else encoder.forward_patches(x).mean(dim=1)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != batch.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SelfsupError(
@@ -243,20 +260,24 @@ def dataset_fingerprint(images: torch.Tensor | Split, labels: torch.Tensor | Non
     return images.fingerprint(labels=labels, dataset_id=dataset_id)
 
 
-def transform_fingerprint(mean, std, image_size: int | None) -> str:
-    """sha256 of the evaluation transform: normalisation, resize, and the cache format."""
+def transform_fingerprint(mean, std, image_size: int | None, pool: str = "cls") -> str:
+    """sha256 of the evaluation transform: normalisation, resize, pooling, and the cache format (``pool="cls"``
+    leaves the fingerprint as it was before ``eval.pool`` existed, so earlier caches stay valid)."""
     stats = [torch.as_tensor(v, dtype=torch.float64).flatten().tolist() for v in (mean, std)]
-    text = json.dumps({"mean": stats[0], "std": stats[1], "image_size": image_size, "format": CACHE_FORMAT})
+    transform = {"mean": stats[0], "std": stats[1], "image_size": image_size, "format": CACHE_FORMAT}
+    if pool != "cls":
+        transform["pool"] = pool
+    text = json.dumps(transform)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def feature_cache_key(encoder: nn.Module, images: torch.Tensor | Split, mean, std, *, labels: torch.Tensor | None = None,
-                      dataset_id: str = "", image_size: int | None = None) -> dict[str, str]:
+                      dataset_id: str = "", image_size: int | None = None, pool: str = "cls") -> dict[str, str]:
     """The three fingerprints that name a features file: ``{"encoder", "dataset", "transform"}``."""
     return {
         "encoder": encoder_fingerprint(encoder),
         "dataset": dataset_fingerprint(images, labels, dataset_id),
-        "transform": transform_fingerprint(mean, std, image_size),
+        "transform": transform_fingerprint(mean, std, image_size, pool),
     }
 
 
@@ -274,6 +295,7 @@ def cached_features(
     device: torch.device | str | None = None,
     progress: bool = True,
     shard: bool = False,
+    pool: str = "cls",
 ) -> torch.Tensor:
     """:func:`extract_features`, reusing features saved under ``cache_dir`` by an earlier call.
 
@@ -284,7 +306,7 @@ def cached_features(
     and any change of a weight, the data or the transform extracts afresh. Files are written
     atomically (temporary name, then rename), by rank 0 only; stale ones are left in place (delete
     the directory to reclaim the space: about N x D x 4 bytes each). ``cache_dir=None`` disables
-    the cache.
+    the cache. ``pool`` (:func:`extract_features`) is part of the transform's fingerprint.
 
     ``shard`` (several processes; every rank must call it, with the same arguments): rank 0 alone
     touches ``cache_dir``. It looks the file up and tells the others (sending them the features on a
@@ -297,13 +319,13 @@ def cached_features(
     """
     if cache_dir is None:
         return extract_features(encoder, images, mean, std, batch_size=batch_size, device=device,
-                                image_size=image_size, progress=progress, shard=shard)
+                                image_size=image_size, progress=progress, shard=shard, pool=pool)
     _check_input(images)
     together = shard and world_size() > 1
     path = key = features = None
     if rank() == 0 or not together:
         key = feature_cache_key(encoder, images, mean, std, labels=labels, dataset_id=dataset_id,
-                                image_size=image_size)
+                                image_size=image_size, pool=pool)
         path = _cache_path(Path(cache_dir), key)
         features = _load_cached(path, key, len(images))
     if together:
@@ -311,7 +333,7 @@ def cached_features(
     if features is not None:
         return features
     features = extract_features(encoder, images, mean, std, batch_size=batch_size, device=device,
-                                image_size=image_size, progress=progress, shard=shard)
+                                image_size=image_size, progress=progress, shard=shard, pool=pool)
     if rank() == 0:  # one writer; a rank extracting on its own (not sharded) just does not cache
         _save_cached(path, features, key, dataset_id)
     return features

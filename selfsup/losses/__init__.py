@@ -9,6 +9,7 @@ from selfsup.losses.classification import multiclass_hinge
 from selfsup.losses.contrastive import nt_xent
 from selfsup.losses.decoupled import dcl, dclw
 from selfsup.losses.dino import dino_loss, teacher_entropy
+from selfsup.losses.metric import contrastive_margin_loss, triplet_loss
 from selfsup.losses.moco import infonce
 from selfsup.losses.noncontrastive import (
     barlow_twins_loss,
@@ -20,9 +21,11 @@ from selfsup.losses.noncontrastive import (
     vicreg_terms,
     vicreg_variance,
 )
+from selfsup.losses.supcon import supcon_loss
 
 __all__ = [
     "barlow_twins_loss", "byol_loss", "cross_correlation", "dcl", "dclw", "dino_loss", "infonce",
     "multiclass_hinge", "nt_xent", "simsiam_loss", "teacher_entropy", "vicreg_covariance", "vicreg_loss",
     "vicreg_terms", "vicreg_variance",
+    "contrastive_margin_loss", "supcon_loss", "triplet_loss",
 ]

@@ -31,6 +31,9 @@ CASES = {
     "vicreg_loss gamma": (lambda v: L.vicreg_loss(Z_A, Z_B, gamma=v), "gamma", True),
     "vicreg_terms gamma": (lambda v: sum(L.vicreg_terms(Z_A, Z_B, gamma=v)), "gamma", True),
     "vicreg_variance eps": (lambda v: L.vicreg_variance(Z_A, eps=v), "eps", True),
+    "supcon_loss": (lambda v: L.supcon_loss(Z_A, TARGET, v), "temperature", False),
+    "triplet_loss": (lambda v: L.triplet_loss(Z_A, TARGET, v), "margin", False),
+    "contrastive_margin_loss": (lambda v: L.contrastive_margin_loss(Z_A, TARGET, v), "margin", False),
 }
 
 
