@@ -9,8 +9,11 @@ from selfsup.losses.classification import multiclass_hinge
 from selfsup.losses.contrastive import nt_xent
 from selfsup.losses.decoupled import dcl, dclw
 from selfsup.losses.dino import dino_loss, teacher_entropy
+from selfsup.losses.mae import mae_loss, patchify, unpatchify
 from selfsup.losses.metric import contrastive_margin_loss, triplet_loss
 from selfsup.losses.moco import infonce
+from selfsup.losses.mocov3 import mocov3_loss
+from selfsup.losses.nnclr import nearest_neighbour, nnclr_loss
 from selfsup.losses.noncontrastive import (
     barlow_twins_loss,
     byol_loss,
@@ -21,11 +24,15 @@ from selfsup.losses.noncontrastive import (
     vicreg_terms,
     vicreg_variance,
 )
+from selfsup.losses.sinkhorn import sinkhorn_knopp
 from selfsup.losses.supcon import supcon_loss
+from selfsup.losses.swav import swav_loss
 
 __all__ = [
     "barlow_twins_loss", "byol_loss", "cross_correlation", "dcl", "dclw", "dino_loss", "infonce",
     "multiclass_hinge", "nt_xent", "simsiam_loss", "teacher_entropy", "vicreg_covariance", "vicreg_loss",
     "vicreg_terms", "vicreg_variance",
     "contrastive_margin_loss", "supcon_loss", "triplet_loss",
+    "nearest_neighbour", "nnclr_loss", "sinkhorn_knopp", "swav_loss",
+    "mae_loss", "mocov3_loss", "patchify", "unpatchify",
 ]

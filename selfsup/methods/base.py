@@ -64,6 +64,10 @@ class Method(nn.Module):
     # local crops, jigsaw's tiles), or None. A backbone built for one input geometry (a sequence
     # model, a ViT without dynamic_img_size) cannot train such a method; `selfsup list` says so.
     multi_size: ClassVar[str | None] = None
+    # Why the method needs a ViT's patch tokens (MAE, iBOT, I-JEPA), or None: any other backbone is refused
+    # in one line (selfsup.models.vit_patches.require_vit), and tests that build every registered method
+    # give such a method a tiny ViT instead of their tiny ResNet.
+    needs_vit: ClassVar[str | None] = None
     # ``method.*`` overrides for a tiny run that still takes every path of the method (small heads,
     # e.g. DINO's local crops on): what tests that train every registered method apply.
     tiny: ClassVar[dict[str, Any]] = {}

@@ -22,6 +22,7 @@ from torch import nn
 
 from selfsup.core.errors import ConfigError
 from selfsup.models.sequence_backbones import SEQUENCE_BACKBONES
+from selfsup.models.vit_patches import add_patch_api
 
 __all__ = ["create_backbone", "list_backbones", "apply_small_stem", "is_sequence_backbone", "default_model_args",
            "reset_to_torch_defaults"]
@@ -130,7 +131,8 @@ def create_backbone(
     Returns:
         A module mapping float ``[B, in_chans, H, W]`` to ``[B, num_features]``; it keeps timm's
         attributes (``num_features``, ``pretrained_cfg``, ``default_cfg``) and gains
-        ``selfsup_spec``, the arguments needed to rebuild it (used by :mod:`selfsup.runs.export`).
+        ``selfsup_spec``, the arguments needed to rebuild it (used by :mod:`selfsup.runs.export`);
+        a ViT also gains ``forward_patches`` and ``forward_visible`` (:mod:`selfsup.models.vit_patches`).
 
     Raises:
         ConfigError: Unknown model name, unsupported ``small_stem``, or bad model arguments.
@@ -147,6 +149,7 @@ def create_backbone(
             raise ConfigError(f"bad backbone arguments for {name} {sorted(model_args)}: {exc}") from exc
         if small_stem:
             apply_small_stem(model, name)
+        add_patch_api(model)  # a ViT's forward_patches / forward_visible (selfsup.models.vit_patches)
     model.selfsup_spec = {
         "name": name,
         "small_stem": bool(small_stem),

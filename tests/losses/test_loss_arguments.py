@@ -34,6 +34,10 @@ CASES = {
     "supcon_loss": (lambda v: L.supcon_loss(Z_A, TARGET, v), "temperature", False),
     "triplet_loss": (lambda v: L.triplet_loss(Z_A, TARGET, v), "margin", False),
     "contrastive_margin_loss": (lambda v: L.contrastive_margin_loss(Z_A, TARGET, v), "margin", False),
+    "swav_loss": (lambda v: L.swav_loss([SCORES, SCORES], [SCORES.softmax(1)], v), "temperature", False),
+    "nnclr_loss": (lambda v: L.nnclr_loss(Z_A, Z_B, v), "temperature", False),
+    "mocov3_loss": (lambda v: L.mocov3_loss(Z_A, Z_B, Z_B, Z_A, v), "temperature", False),
+    "mae_loss eps": (lambda v: L.mae_loss(Z_A[None], Z_B[None], torch.ones(1, 6), eps=v), "eps", True),
 }
 
 

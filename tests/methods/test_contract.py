@@ -9,8 +9,16 @@ from selfsup.models.backbones import create_backbone
 SIZE = 32
 
 
+# A ViT with 8-px patches (16 tokens) for the methods that need patch tokens (Method.needs_vit)
+TINY_VIT = dict(img_size=SIZE, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+
+
 def build(name: str):
     torch.manual_seed(0)
+    cls = METHODS.get(name)
+    if cls.needs_vit:
+        return create_method(name, create_backbone("vit_tiny_patch16_224", **TINY_VIT), image_size=SIZE,
+                             num_classes=4, **cls.tiny)
     backbone = create_backbone("test_resnet", small_stem=True)
     return create_method(name, backbone, image_size=SIZE, num_classes=4)
 
