@@ -9,6 +9,9 @@ from selfsup.losses.classification import multiclass_hinge
 from selfsup.losses.contrastive import nt_xent
 from selfsup.losses.decoupled import dcl, dclw
 from selfsup.losses.dino import dino_loss, teacher_entropy
+from selfsup.losses.ibot import ibot_patch_loss
+from selfsup.losses.ijepa import ijepa_loss
+from selfsup.losses.koleo import koleo_loss
 from selfsup.losses.mae import mae_loss, patchify, unpatchify
 from selfsup.losses.metric import contrastive_margin_loss, triplet_loss
 from selfsup.losses.moco import infonce
@@ -35,4 +38,5 @@ __all__ = [
     "contrastive_margin_loss", "supcon_loss", "triplet_loss",
     "nearest_neighbour", "nnclr_loss", "sinkhorn_knopp", "swav_loss",
     "mae_loss", "mocov3_loss", "patchify", "unpatchify",
+    "ibot_patch_loss", "ijepa_loss", "koleo_loss",
 ]

@@ -37,6 +37,9 @@ CASES = {
     "swav_loss": (lambda v: L.swav_loss([SCORES, SCORES], [SCORES.softmax(1)], v), "temperature", False),
     "nnclr_loss": (lambda v: L.nnclr_loss(Z_A, Z_B, v), "temperature", False),
     "mocov3_loss": (lambda v: L.mocov3_loss(Z_A, Z_B, Z_B, Z_A, v), "temperature", False),
+    "ibot_patch_loss": (lambda v: L.ibot_patch_loss([LOGITS[0][:, None]], [LOGITS[1][:, None].softmax(-1)],
+                                                    [torch.ones(6, 1, dtype=torch.bool)], v), "student_temp", False),
+    "koleo_loss": (lambda v: L.koleo_loss(Z_A, eps=v), "eps", False),
     "mae_loss eps": (lambda v: L.mae_loss(Z_A[None], Z_B[None], torch.ones(1, 6), eps=v), "eps", True),
 }
 
