@@ -91,6 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="PNG plots of a run's metrics (loss, lr, kNN, DINO teacher entropy)")
     p.add_argument("run", help="run directory")
 
+    p = sub.add_parser("transfer", help="dense transfer of an exported encoder: detection or segmentation; prints JSON")
+    p.add_argument("task", choices=["detection", "segmentation"])
+    p.add_argument("encoder", help="exported encoder directory (or a run directory)")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. data.root=DIR train.steps=200 model.regime=frozen "
+                                                "(keys: selfsup/transfer/config.py)")
+
+    p = sub.add_parser("data", help="generate or convert datasets")
+    p._inside = True  # plain parsing: argparse's intermixed parsing refuses a parser with sub-commands
+    data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_IntermixedParser)
+    q = data_sub.add_parser("scenes", help="generated scenes: digits on textures, COCO JSON + VOC-style PNG masks")
+    q.add_argument("--out", required=True, help="output directory")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--num-train", type=int, default=64)
+    q.add_argument("--num-val", type=int, default=16)
+    q.add_argument("--size", type=int, default=64, help="image side in pixels (multiple of 8, >= 16)")
+    q = data_sub.add_parser("shards", help="an ImageFolder as WebDataset tar shards (data.name=shards), labels kept")
+    q.add_argument("imagefolder", help="folder with train/ (val/, test/) class folders, or one split's class folders")
+    q.add_argument("--out", required=True, help="output directory: <split>-NNNNNN.tar and classes.json")
+    q.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+
     sub.add_parser("list", help="methods, backbones, datasets and recipes")
     for command in sub.choices.values():  # `selfsup train --debug ...` as well as `selfsup --debug train ...`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -221,6 +241,27 @@ def _plot(args) -> int:
     return 0
 
 
+def _transfer(args) -> int:
+    if args.task == "detection":
+        from selfsup.transfer.detection import run_detection as run
+    else:
+        from selfsup.transfer.segmentation import run_segmentation as run
+    print(json.dumps(run(args.encoder, args.overrides)))
+    return 0
+
+
+def _data(args) -> int:
+    if args.data_command == "shards":
+        from selfsup.data.shard_writer import write_shards
+
+        print(json.dumps(write_shards(args.imagefolder, args.out, shard_size=args.shard_size)))
+        return 0
+    from selfsup.transfer.scenes import write_scenes
+
+    print(write_scenes(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val, size=args.size))
+    return 0
+
+
 def _list_compatibility(methods: dict) -> None:
     """Which backbone family works with which method and data, from what each method class declares
     (``multi_size``: the backbone also sees other input sizes; ``uses_labels``)."""
@@ -236,7 +277,8 @@ def _list_compatibility(methods: dict) -> None:
           "variable lengths need a sequence backbone")
 
 
-COMMANDS = {"train": _train, "bench": _bench, "benchmark": _benchmark, "eval": _eval, "export": _export, "plot": _plot, "list": _list}
+COMMANDS = {"train": _train, "bench": _bench, "benchmark": _benchmark, "eval": _eval, "export": _export, "plot": _plot, "list": _list,
+            "transfer": _transfer, "data": _data}
 
 if __name__ == "__main__":
     sys.exit(main())

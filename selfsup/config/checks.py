@@ -45,9 +45,9 @@ def validate_config(cfg: Config) -> Config:
         raise _fail("trainer.min_lr", t.min_lr, "in [0, 1] (a fraction of the peak learning rate)")
     if cfg.data.workers is not None and cfg.data.workers < 0:
         raise _fail("data.workers", cfg.data.workers, ">= 0 (or null: one per CPU core)")
-    if cfg.data.streaming == "always" and cfg.data.name != "imagefolder":
+    if cfg.data.streaming == "always" and cfg.data.name not in ("imagefolder", "shards"):
         raise _fail("data.streaming", "always", f"auto or never for data.name={cfg.data.name} "
-                    "(only imagefolder data streams)")
+                    "(only imagefolder and shards data stream)")
     if t.lars_trust_coefficient <= 0:
         raise _fail("trainer.lars_trust_coefficient", t.lars_trust_coefficient, "> 0 (LARS's eta, e.g. 0.001 or 0.02)")
     if t.grad_clip is not None and t.grad_clip <= 0:
@@ -123,13 +123,16 @@ def validate_paths(cfg: Config, run_dir: Path) -> None:
     """Paths the run will read must exist, before any data is decoded or any step is taken."""
     d = cfg.data
     for key, value in (("data.train", d.train), ("data.val", d.val), ("data.root", None if d.download else d.root)):
-        if value is not None and not Path(value).expanduser().exists():
+        if value is not None and d.name != "shards" and not Path(value).expanduser().exists():  # shards: patterns, URLs
             raise DataError(f"{key}={Path(value).expanduser().resolve()} does not exist")
     if d.name == "imagefolder" and d.train is None and d.root is None:
         raise DataError("data.train is not set: data.name=imagefolder needs data.train=PATH (a folder of class folders)")
+    if d.name == "shards" and d.train is None and d.root is None:
+        raise DataError("data.train is not set: data.name=shards needs data.train=SHARDS (a folder, glob or brace "
+                        "pattern of .tar shards) or data.root=DIR")
     if d.name == "imagefolder":
         _refuse_unlabelled(cfg)
-    if d.name == "imagefolder" and cfg.eval.at_end and d.val is None and d.root is None:
+    if d.name in ("imagefolder", "shards") and cfg.eval.at_end and d.val is None and d.root is None:
         raise DataError("data.val is not set: the evaluation at the end needs data.val=PATH (or set eval.at_end=false)")
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).expanduser().is_file():
         raise ConfigError(f"resume={cfg.resume} is no file: give a checkpoint (RUN/checkpoints/step-XXXXXXXX.pt), "

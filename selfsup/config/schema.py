@@ -108,9 +108,9 @@ class BackboneConfig:
 class DataConfig:
     """The dataset: images as one uint8 tensor (in memory) or streamed from an ImageFolder."""
 
-    name: str = "digits"  # digits | synthetic | imagefolder | sequence | cifar10 | cifar100 | stl10
-    train: str | None = None  # imagefolder / sequence: path of the training split
-    val: str | None = None  # imagefolder / sequence: path of the evaluation split
+    name: str = "digits"  # digits | synthetic | imagefolder | shards | sequence | cifar10 | cifar100 | stl10
+    train: str | None = None  # imagefolder / sequence: path of the training split; shards: folder, glob, {a..b} or URL
+    val: str | None = None  # imagefolder / sequence: path of the evaluation split; shards: as data.train
     root: str | None = None  # torchvision datasets: where the files are (or go)
     image_size: int | None = bounded(None, ge=1)  # resize on load; None keeps the native size
     download: bool = False  # torchvision datasets: download into `root` when missing (needs internet)

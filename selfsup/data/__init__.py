@@ -6,6 +6,7 @@
 
 from selfsup.data import imagefolder as _imagefolder  # noqa: F401  (registers data.name=imagefolder)
 from selfsup.data import sequences as _sequences  # noqa: F401  (registers data.name=sequence)
+from selfsup.data import shards as _shards  # noqa: F401  (registers data.name=shards)
 from selfsup.data.datasets import (
     DATASETS,
     ImageDataset,

@@ -259,8 +259,8 @@ def _check_options(
     DATASETS.get(name)  # an unknown name: one DataError with the closest known name
     if split not in SPLITS + ("unlabeled",):
         raise DataError(f"unknown split {split!r} for {name!r}: use 'train' or 'val' (stl10: 'unlabeled')")
-    if name not in ("imagefolder", "sequence") and (train_path is not None or val_path is not None):
-        raise DataError(f"data.train / data.val apply only to data.name=imagefolder or sequence, not {name!r}")
+    if name not in ("imagefolder", "sequence", "shards") and (train_path is not None or val_path is not None):
+        raise DataError(f"data.train / data.val apply only to data.name=imagefolder, shards or sequence, not {name!r}")
     if name != "synthetic" and num_classes is not None:
         raise DataError(f"data.num_classes applies only to data.name=synthetic, not {name!r}")
     if num_samples is not None and num_samples < 1:

@@ -37,6 +37,7 @@ from selfsup.core.errors import DataError
 from selfsup.core.files import atomic_write
 from selfsup.core.progress import progress_bar
 from selfsup.core.threads import available_cores
+from selfsup.data.decode import JPEG_DECODER, decode_canvas, to_rgb
 from selfsup.data.datasets import (
     ImageDataset,
     channel_stats,
@@ -45,7 +46,7 @@ from selfsup.data.datasets import (
 )
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-CACHE_VERSION = 3  # 3: skipped files carry their reason
+CACHE_VERSION = 4  # 3: skipped files carry their reason; 4: canvases by selfsup.data.decode
 UNLABELLED = -1  # the label of every image of a folder without class sub-folders
 _OK, _UNREADABLE, _WRONG_SIZE = 0, 1, 2
 
@@ -187,7 +188,8 @@ def _walk(folder: Path, rel: str, files: list[str], stats: list[tuple[int, int]]
 
 def cache_key(root: Path, files: list[str], stats: list[tuple[int, int]], image_size: int | None) -> str:
     """Hex SHA-256 of (version, absolute root, image size, each file's path, size, mtime)."""
-    h = hashlib.sha256(f"v{CACHE_VERSION}\n{root}\n{image_size}\n".encode())
+    decoder = JPEG_DECODER if image_size is not None else "pil"  # canvases depend on the JPEG decoder
+    h = hashlib.sha256(f"v{CACHE_VERSION}\n{root}\n{image_size}\n{decoder}\n".encode())
     h.update("\n".join(f"{f}\t{s}\t{m}" for f, (s, m) in zip(files, stats)).encode())
     return h.hexdigest()
 
@@ -195,46 +197,18 @@ def cache_key(root: Path, files: list[str], stats: list[tuple[int, int]], image_
 def decode_image(path: str, image_size: int | None) -> np.ndarray:
     """Decode one file to RGB uint8 ``[H, W, 3]`` (``[S, S, 3]`` when ``image_size=S``).
 
-    Every mode becomes 8-bit RGB (:func:`to_rgb`). With ``image_size``, JPEGs decode at reduced
-    scale when possible (``Image.draft``), then the shorter side is resized (bilinear) and the
-    centre cropped. Raises ``OSError`` / ``ValueError`` for files that cannot be decoded.
+    Every mode becomes 8-bit RGB (:func:`to_rgb`). With ``image_size``, the file's bytes go through
+    :func:`~selfsup.data.decode.decode_canvas`: JPEGs decode at reduced scale when possible (DCT
+    scaling), then the centre square is resized (bilinear, antialiased). Raises ``OSError`` /
+    ``ValueError`` for files that cannot be decoded.
     """
     if os.path.getsize(path) == 0:
         raise OSError("empty file")
+    if image_size is not None:
+        with open(path, "rb") as f:
+            return decode_canvas(f.read(), image_size).permute(1, 2, 0).numpy()
     with Image.open(path) as img:
-        if image_size is not None:
-            img.draft("RGB", (image_size, image_size))  # never smaller than requested
-        img = to_rgb(img)
-        if image_size is not None and img.size != (image_size, image_size):
-            w, h = img.size
-            scale = image_size / min(w, h)
-            nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-            img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-            left, top = (nw - image_size) // 2, (nh - image_size) // 2
-            img = img.crop((left, top, left + image_size, top + image_size))
-        return np.asarray(img)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode as 8-bit RGB.
-
-    Palette, greyscale, bilevel, CMYK and YCbCr convert as PIL does; alpha is dropped (as
-    torchvision's loader does). 16-bit greyscale (``I;16*``, and ``I`` holding values above 255)
-    is scaled by 255/65535 rather than clipped at 255 (PIL's ``convert`` would clip, turning most
-    16-bit images white); float images (``F``) in [0, 1] are scaled by 255.
-    """
-    if img.mode.startswith("I") or img.mode == "F":
-        values = np.asarray(img, dtype=np.float64)
-        top = float(values.max()) if values.size else 0.0
-        if img.mode.startswith("I;16") or (img.mode == "I" and top > 255):
-            values = values * (255.0 / 65535.0)
-        elif img.mode == "F" and top <= 1.0:
-            values = values * 255.0
-        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
-    return img.convert("RGB")
+        return np.asarray(to_rgb(img))
 
 
 def _reason(err: Exception) -> str:

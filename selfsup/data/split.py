@@ -14,6 +14,7 @@ import torch
 from selfsup.config import DataConfig
 from selfsup.data.datasets import load_dataset
 from selfsup.data.step_loader import BatchSampler
+from selfsup.data.shards import open_shards
 from selfsup.data.streaming import open_streamed
 
 __all__ = ["BatchSampler", "Split", "StepSource", "open_split"]
@@ -111,6 +112,8 @@ def open_split(data: DataConfig, split: str, *, seed: int = 0) -> Split:
     ``data.streaming=always``) is read on demand by DataLoader workers; everything else is loaded
     into memory. ``seed`` (``trainer.seed``) picks synthetic data and ``data.num_samples`` subsets.
     """
+    if data.name == "shards":  # tar shards: in memory up to data.in_memory_max_gb, else streamed (selfsup.data.shards)
+        return open_shards(data, split, seed=seed)
     streamed = open_streamed(data, split, seed=seed)
     if streamed is not None:
         return streamed

@@ -184,7 +184,9 @@ def selfsup_args(tokens: list[str], root: Path) -> list[str]:
     recipe = [ns.recipe] if getattr(ns, "recipe", None) else []
     handled = {"train": {"recipe", "overrides"}, "eval": {"path", "protocol", "overrides"},
                "export": {"run", "out", "format"}, "bench": {"recipe", "overrides", "steps", "warmup", "rounds"},
-               "benchmark": {"suite", "overrides", "seeds", "runs_root", "out"}, "plot": {"run"}, "list": set()}
+               "benchmark": {"suite", "overrides", "seeds", "runs_root", "out"}, "plot": {"run"}, "list": set(),
+               "data": {"data_command", "out", "seed", "num_train", "num_val", "size", "imagefolder", "shard_size"},
+               "transfer": {"task", "encoder", "overrides"}}
     if ns.command not in handled or set(given) - handled[ns.command]:
         pytest.fail(f"teach tests/docs/test_readme.py to run `selfsup {ns.command}` with {sorted(given)}")
     if ns.command == "train":
@@ -201,6 +203,14 @@ def selfsup_args(tokens: list[str], root: Path) -> list[str]:
         suite = tiny_suite(ns.suite, root)
         return [*debug, "benchmark", str(suite), *overrides, *TINY, *cache(root), "--seeds", "0",
                 "--runs-root", str(suite.parent / "runs"), "--out", str(suite.parent / "table.md")]
+    if ns.command == "data" and ns.data_command == "scenes":  # the README's folder, with 6 + 3 scenes of 32 px
+        return [*debug, "data", "scenes", "--out", ns.out, "--seed", str(ns.seed), "--num-train", "6", "--num-val", "3",
+                "--size", "32"]
+    if ns.command == "transfer":  # two steps, small batches, on the README's scenes
+        return [*debug, "transfer", ns.task, ns.encoder, *overrides, "train.steps=2", "train.batch_size=2",
+                f"run.dir={fresh(root, 'runs/transfer-')}"]
+    if ns.command == "data":
+        pytest.fail(f"teach tests/docs/test_readme.py to run `selfsup data {ns.data_command}`")
     return [*debug, ns.command, *[str(v) for v in given.values()]]
 
 

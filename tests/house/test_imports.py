@@ -14,7 +14,7 @@ import selfsup
 
 ROOT = Path(selfsup.__file__).resolve().parent
 # Bottom to top. The entry points (cli, __main__, the package __init__) sit above everything.
-LAYERS = ["core", "config", "data", "models", "losses", "methods", "evaluation", "engine", "runs", "benchmarks"]
+LAYERS = ["core", "config", "data", "models", "losses", "methods", "evaluation", "engine", "runs", "transfer", "benchmarks"]
 ENTRY = {"selfsup", "selfsup.cli", "selfsup.__main__"}
 
 
