@@ -25,7 +25,8 @@ def rule_from_the_key_name(name: str, method: str = "") -> Bounds | None:
     if name.endswith(("_dim", "_layers")):  # issue 16: a width or depth of 0 trained a constant loss
         return Bounds(ge=0) if (method, name) in ZERO_IS_A_CHOICE else Bounds(ge=1)
     if name.startswith("num_"):
-        return Bounds(ge=2) if name == "num_permutations" else Bounds(ge=0)  # one permutation: nothing to learn
+        # one permutation: nothing to learn; I-JEPA without a target block: no loss
+        return {"num_permutations": Bounds(ge=2), "num_targets": Bounds(ge=1)}.get(name, Bounds(ge=0))
     if name.endswith(("temp", "temperature", "_lr_scale")):
         return Bounds(gt=0)
     if name.endswith("_p") or "momentum" in name:
