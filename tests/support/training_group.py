@@ -44,9 +44,15 @@ CASES = [(name, name, [], True) for name in METHODS.names()] + [
 def case_config(method: str, extra: list[str], run_dir: Path):
     # Each method's own tiny settings (small heads, every code path on): its steps cost milliseconds.
     small = [f"method.{k}={v}" for k, v in METHODS.get(method).tiny.items()]
+    backbone = ["backbone.name=test_resnet", "backbone.small_stem=true"]
+    # A method that needs patch tokens (MAE, iBOT, I-JEPA) or whose recipe trains a ViT (MoCo v3's frozen patch
+    # projection): a one-block ViT with 4-px patches (16 tokens)
+    if METHODS.get(method).needs_vit or load_config(f"{method}-digits").backbone.name.startswith("vit"):
+        backbone = ["backbone.name=vit_tiny_patch16_224", "backbone.small_stem=false",
+                    "backbone.model_args={img_size: 16, patch_size: 4, depth: 1, embed_dim: 32, num_heads: 2}"]
     return load_config(f"{method}-digits", [
         f"method.name={method}", *small, "data.name=synthetic", "data.num_samples=32", "data.image_size=16",
-        "data.num_classes=4", "backbone.name=test_resnet", "backbone.small_stem=true",
+        "data.num_classes=4", *backbone,
         f"trainer.batch_size={GLOBAL_BATCH}", "trainer.epochs=2", "trainer.warmup_epochs=0", "trainer.optimizer=sgd",
         "trainer.lr=0.4", "trainer.lr_scaling=none", "trainer.weight_decay=0", "trainer.momentum=0.9",
         "trainer.sync_bn=true", "eval.at_end=false", f"run.dir={run_dir}", *extra,
