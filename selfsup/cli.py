@@ -268,11 +268,12 @@ def _list_compatibility(methods: dict) -> None:
     multi_size = {name: cls.multi_size for name, cls in methods.items() if cls.multi_size}
     fixed, notes = ", ".join(multi_size), "; ".join(f"{m}: {why}" for m, why in multi_size.items())
     labelled = ", ".join(name for name, cls in methods.items() if cls.uses_labels)
+    vit_only = ", ".join(name for name, cls in methods.items() if cls.needs_vit)  # they need patch tokens
     print("backbone x method:")
-    print("  CNNs (timm)                  every method")
+    print(f"  CNNs (timm)                  every method except {vit_only} (ViT only)")
     print(f"  ViT (timm)                   every method; {fixed} need backbone.model_args="
           "{dynamic_img_size: true, dynamic_img_pad: true} (positions interpolated to each input size)")
-    print(f"  lstm, gru, seq_transformer   every method except {fixed} ({notes})")
+    print(f"  lstm, gru, seq_transformer   every method except {fixed} ({notes}) and {vit_only}")
     print(f"  data.name=sequence           method {labelled} only (float N x T x D data get no augmentation); "
           "variable lengths need a sequence backbone")
 
