@@ -82,7 +82,7 @@ DRY = dict(batch=16, image_size=16, synthetic_samples=64, folder_per_class=(4, 2
            bench=["--steps", "1", "--warmup", "1", "--rounds", "1"],
            lightly=["--rounds", "1", "--steps", "1", "--warmup", "1", "--no-lightly-model-only"], workers=0,
            method_overrides={"dino": ["method.local_crop_size=8", "method.num_local_crops=2"]},
-           overhead_s=15.0, max_train_steps=4, budget=1200.0,  # generous: a loaded CI machine
+           overhead_s=15.0, max_train_steps=4, budget=1200.0, cap_scale=4.0,  # generous: a loaded CI machine
            cuda_tests=["tests/evaluation/test_knn.py", "tests/data/test_augment.py"],
            env={"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:eager", "CUDA_VISIBLE_DEVICES": ""})
 
@@ -252,14 +252,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_parts(r: Runner, args, sizes: dict) -> None:
     py = sys.executable
-    env = r.part("env", [py, str(Path(__file__).resolve()), "--env-info"], CAPS["env"], last_json).get("result", {})
+    env = r.part("env", [py, str(Path(__file__).resolve()), "--env-info"], CAPS["env"] * sizes.get("cap_scale", 1.0), last_json).get("result", {})
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
     r.report["commit"] = git.stdout.strip() or None
 
     xml = r.work / "cuda-tests.xml"
     r.part("cuda_tests", [py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
                           "--continue-on-collection-errors", f"--junitxml={xml}",
-                          *sizes["cuda_tests"]], CAPS["cuda_tests"], lambda _: junit_counts(xml))
+                          *sizes["cuda_tests"]], CAPS["cuda_tests"] * sizes.get("cap_scale", 1.0), lambda _: junit_counts(xml))
 
     folder = Path(args.cifar) if args.cifar else r.work / "folder"
     data_flags = data_overrides(args, sizes)
@@ -268,7 +268,7 @@ def run_parts(r: Runner, args, sizes: dict) -> None:
                 "cfg = load_config('simclr-cifar10', sys.argv[1:]);"
                 "n = {s: len(open_split(cfg.data, s, seed=0)) for s in ('train', 'val')};"
                 "print(json.dumps({'images': n['train'] + n['val'], **n}))")
-        r.part("data", [py, "-c", code, *data_flags], CAPS["data"], last_json)
+        r.part("data", [py, "-c", code, *data_flags], CAPS["data"] * sizes.get("cap_scale", 1.0), last_json)
     else:
         start = time.monotonic()
         try:
@@ -285,14 +285,14 @@ def run_parts(r: Runner, args, sizes: dict) -> None:
             cmd = [py, "-m", "selfsup", "bench", f"{method}-cifar10", *common,
                    *sizes["method_overrides"].get(method, []), f"trainer.compile={str(mode == 'compile').lower()}",
                    *sizes["bench"]]
-            r.part(f"bench_{method}_{mode}", cmd, CAPS[mode], last_json)
+            r.part(f"bench_{method}_{mode}", cmd, CAPS[mode] * sizes.get("cap_scale", 1.0), last_json)
 
     if env.get("lightly") or _has_lightly():
         workers = sizes["workers"] if sizes["workers"] is not None else max(1, min(14, (os.cpu_count() or 2) - 2))
         r.part("lightly_simclr", [py, str(SCRIPTS / "bench_lightly.py"), "--train", str(folder / "train"),
                                   "--batch-size", str(sizes["batch"]), "--small-stem", "--workers", str(workers),
                                   *sizes["lightly"], "trainer.precision=bf16"],
-               CAPS["lightly"], last_json)
+               CAPS["lightly"] * sizes.get("cap_scale", 1.0), last_json)
     else:
         r.record("lightly_simclr", {"status": "skipped", "wall_s": 0.0,
                                     "error": "lightly is not installed (pip install -e '.[bench]')"})
