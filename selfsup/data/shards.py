@@ -38,7 +38,7 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ from selfsup.data.datasets import ImageDataset, channel_stats, default_cache_dir
 from selfsup.data.decode import JPEG_DECODER, decode_canvas
 from selfsup.data.fingerprint import hash_tensor
 from selfsup.data.imagefolder import IMG_EXTENSIONS, UNLABELLED, report_bad_files
-from selfsup.data.step_loader import BatchSampler, StepStream, default_workers, report_unreadable, stream_images
+from selfsup.data.on_demand import OnDemandSplit
 
 if TYPE_CHECKING:
     from selfsup.config import DataConfig
@@ -234,7 +234,7 @@ def _classes(urls: list[str], labels: np.ndarray) -> list[str]:
 
 
 @dataclass
-class ShardSplit:
+class ShardSplit(OnDemandSplit):
     """Shards read on demand; the :class:`~selfsup.data.split.Split` protocol, as
     :class:`~selfsup.data.streaming.StreamingImageFolder` (its ``decode`` reads members by offset).
 
@@ -271,23 +271,6 @@ class ShardSplit:
     def __getstate__(self) -> dict:  # open files stay in the process that opened them
         return {**self.__dict__, "_files": {}}
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return 3, self.image_size, self.image_size
-
-    @property
-    def is_image(self) -> bool:
-        return True
-
-    @property
-    def has_padding(self) -> bool:
-        return False
-
-    @property
-    def random_access(self) -> bool:
-        """Reads by offset, but decodes in this process: too slow for training in random order."""
-        return False
-
     def read(self, i: int) -> bytes:
         """The image bytes of sample ``i`` (one seek and read in its shard; files stay open per process)."""
         s = int(self.shard[i])
@@ -297,49 +280,19 @@ class ShardSplit:
         f.seek(int(self.offset[i]))
         return f.read(int(self.length[i]))
 
-    def decode(self, indices: torch.Tensor | list[int] | range) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
-        """Decode samples ``indices``: ``(uint8 [n, 3, S, S], int64 [n], [[key, reason], ...])``; an
-        unreadable sample's slot holds another image of the same call, as the streamed folder does."""
-        idx = [int(i) for i in indices]
-        out = torch.zeros((len(idx), *self.shape), dtype=torch.uint8)
-        labels = self.labels[idx].clone() if idx else torch.empty(0, dtype=torch.int64)
-        bad: list[list[str]] = []
-        good: list[int] = []
-        for slot, i in enumerate(idx):
-            try:
-                out[slot] = decode_canvas(self.read(i), self.image_size)
-            except Exception as err:  # corrupt or not an image: reported by the caller
-                bad.append([self.keys[i], (str(err).strip().splitlines() or [type(err).__name__])[0][:80]])
-                continue
-            good.append(slot)
-        if bad and good:
-            for k, slot in enumerate(sorted(set(range(len(idx))) - set(good))):
-                donor = good[k % len(good)]
-                out[slot], labels[slot] = out[donor], labels[donor]
-        return out, labels, bad
+    def decode_one(self, i: int) -> torch.Tensor:
+        return decode_canvas(self.read(i), self.image_size)
 
-    def batch(self, indices: torch.Tensor | Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels, bad = self.decode(indices)
-        if bad:
-            report_unreadable(self, bad, set(), len(images))
-        return images, labels
+    def sample_name(self, i: int) -> str:
+        return self.keys[i]
 
-    def step_batches(self, sampler: BatchSampler, *, stop: int, rank: int = 0, world: int = 1,
-                     device: torch.device | str | None = None) -> StepStream:
-        """Step ``s``'s batch (``sampler.indices(s, rank, world)``), decoded ahead by DataLoader workers."""
-        pin = device is not None and torch.device(device).type == "cuda"
-        return StepStream(self, sampler, stop=stop, rank=rank, world=world, pin_memory=pin)
-
-    def sequential_batches(self, batch_size: int, *, pin_memory: bool = False) -> Iterator[torch.Tensor]:
-        return stream_images(self, batch_size, pin_memory=pin_memory)
+    def source_line(self) -> str:
+        return f"shards {self.setting}={self.root}: {len(self)} images in {len(self.urls)} shard(s) ({JPEG_DECODER})"
 
     def rows(self, start: int, stop: int) -> ShardSplit:
         return dataclasses.replace(self, keys=self.keys[start:stop], shard=self.shard[start:stop],
                                    offset=self.offset[start:stop], length=self.length[start:stop],
                                    labels=self.labels[start:stop], _files={})
-
-    def grey_to_rgb(self) -> ShardSplit:
-        return self
 
     def fingerprint(self, *, labels: torch.Tensor | None = None, dataset_id: str = "") -> str:
         """sha256 of ``dataset_id``, the canvas, the decoder, each shard's name and stamp, keys and labels."""
@@ -348,13 +301,6 @@ class ShardSplit:
         hasher.update("\n".join(self.keys).encode())
         hash_tensor(hasher, "labels", self.labels.long() if labels is None else torch.as_tensor(labels).long())
         return hasher.hexdigest()
-
-    def describe(self) -> str:
-        workers = self.workers if self.workers is not None else default_workers()
-        fmt = lambda values: "(" + ", ".join(f"{v:.4f}" for v in values) + ")"  # noqa: E731
-        return (f"shards {self.setting}={self.root}: {len(self)} images in {len(self.urls)} shard(s) decoded to uint8 "
-                f"{'x'.join(map(str, self.shape))} ({JPEG_DECODER}) by {workers} DataLoader worker(s) per process; "
-                f"mean {fmt(self.mean)} std {fmt(self.std)} estimated on {self.stats_from} of them")
 
     def load(self) -> ImageDataset:
         """The whole split decoded into memory (a thread pool), in index order; unreadable samples

@@ -43,7 +43,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -61,13 +61,13 @@ from selfsup.data.imagefolder import (
     scan_folder,
     split_path,
 )
+from selfsup.data.on_demand import OnDemandSplit
 from selfsup.data.step_loader import (
     BatchSampler,
     SequentialBatches,
     StepBatches,
     StepStream,
     default_workers,
-    report_unreadable,
     stream_batches,
     stream_images,
 )
@@ -87,7 +87,7 @@ def decoded_gb(num_images: int, height: int, width: int, channels: int = 3) -> f
 
 
 @dataclass
-class StreamingImageFolder:
+class StreamingImageFolder(OnDemandSplit):
     """An ImageFolder split read on demand: file list, labels, canvas size and estimated stats.
 
     It is a :class:`~selfsup.data.split.Split` as an :class:`~selfsup.data.datasets.ImageDataset`
@@ -123,61 +123,21 @@ class StreamingImageFolder:
     def __len__(self) -> int:
         return len(self.files)
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one decoded image, as ``ImageDataset.shape``."""
-        return 3, self.image_size, self.image_size
+    def decode_one(self, i: int) -> torch.Tensor:
+        """File ``i`` decoded by :func:`~selfsup.data.imagefolder.decode_image` (shorter side to S, centre crop)."""
+        arr = decode_image(str(self.root / self.files[i]), self.image_size)
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
-    def describe(self) -> str:
-        """One line for the log: what streams, how, and where its normalisation comes from."""
-        workers = self.workers if self.workers is not None else default_workers()
-        fmt = lambda values: "(" + ", ".join(f"{v:.4f}" for v in values) + ")"  # noqa: E731
-        return (f"streaming {self.setting}={self.root}: {len(self)} images decoded to uint8 "
-                f"{'x'.join(map(str, self.shape))} by {workers} DataLoader worker(s) per process; "
-                f"mean {fmt(self.mean)} std {fmt(self.std)} estimated on {self.stats_from} of them")
+    def sample_name(self, i: int) -> str:
+        return self.files[i]
 
-    # The Split protocol (selfsup.data.split.Split), as ImageDataset implements it.
-
-    @property
-    def is_image(self) -> bool:
-        """Always: decoded uint8 RGB images."""
-        return True
-
-    @property
-    def has_padding(self) -> bool:
-        return False
-
-    @property
-    def random_access(self) -> bool:
-        """Never cheap: :meth:`batch` decodes in this process (workers serve only step or file order)."""
-        return False
-
-    def batch(self, indices: torch.Tensor | Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(uint8 [n, 3, S, S], int64 [n])`` of ``indices``, decoded here; bad files as :func:`stream_batches`."""
-        images, labels, bad = self.decode(indices)
-        if bad:
-            report_unreadable(self, bad, set(), len(images))
-        return images, labels
-
-    def step_batches(self, sampler: BatchSampler, *, stop: int, rank: int = 0, world: int = 1,
-                     device: torch.device | str | None = None) -> StepStream:
-        """The trainer's source of step ``s``'s batch (``sampler.indices(s, rank, world)``), decoded
-        ahead by DataLoader workers over steps up to ``stop``; pinned when ``device`` is a GPU."""
-        pin = device is not None and torch.device(device).type == "cuda"
-        return StepStream(self, sampler, stop=stop, rank=rank, world=world, pin_memory=pin)
-
-    def sequential_batches(self, batch_size: int, *, pin_memory: bool = False) -> Iterator[torch.Tensor]:
-        """The split in file order as uint8 batches (:func:`stream_images`), decoded by the workers."""
-        return stream_images(self, batch_size, pin_memory=pin_memory)
+    def source_line(self) -> str:
+        return f"streaming {self.setting}={self.root}: {len(self)} images"
 
     def rows(self, start: int, stop: int) -> StreamingImageFolder:
         """Files ``start .. stop - 1``. (A file that cannot be read is replaced by another image of its
         batch, so batches cut at other places may fill it with another image.)"""
         return dataclasses.replace(self, files=self.files[start:stop], labels=self.labels[start:stop])
-
-    def grey_to_rgb(self) -> StreamingImageFolder:
-        """As it is: streamed images are decoded to RGB."""
-        return self
 
     def fingerprint(self, *, labels: torch.Tensor | None = None, dataset_id: str = "") -> str:
         """sha256 of ``dataset_id``, the folder, canvas size, every file name and label (``labels`` or
@@ -189,34 +149,6 @@ class StreamingImageFolder:
             stat = (Path(self.root) / self.files[i]).stat()
             hasher.update(f"{i}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
         return hasher.hexdigest()
-
-    def decode(self, indices: torch.Tensor | list[int] | range) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
-        """Decode images ``indices``: ``(uint8 [n, 3, S, S], int64 [n] labels, [[file, reason], ...])``.
-
-        An unreadable file's slot holds another readable image of the same call (its label too)
-        and the file is listed in the third value; when none is readable every slot is zero.
-        Raising is the caller's business (:func:`stream_batches`), so that a DataLoader worker
-        never raises and the error reaches the user as one line.
-        """
-        idx = [int(i) for i in indices]
-        out = torch.zeros((len(idx), *self.shape), dtype=torch.uint8)
-        labels = self.labels[idx].clone() if idx else torch.empty(0, dtype=torch.int64)
-        bad: list[list[str]] = []
-        good: list[int] = []
-        for slot, i in enumerate(idx):
-            try:
-                arr = decode_image(str(self.root / self.files[i]), self.image_size)
-            except Exception as err:  # corrupt, truncated, not an image: reported by the caller
-                bad.append([self.files[i], (str(err).strip().splitlines() or [type(err).__name__])[0][:80]])
-                continue
-            out[slot] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-            good.append(slot)
-        if bad and good:
-            bad_slots = sorted(set(range(len(idx))) - set(good))
-            for k, slot in enumerate(bad_slots):  # deterministic stand-ins from the same batch
-                donor = good[k % len(good)]
-                out[slot], labels[slot] = out[donor], labels[donor]
-        return out, labels, bad
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, image_size: int | None, cache_dir: str | os.PathLike[str],
