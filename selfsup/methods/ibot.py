@@ -110,11 +110,7 @@ class IBOT(DINO):
     paper = "Zhou et al. 2022, ICLR, arXiv:2111.07832"
 
     def __init__(self, cfg: IBOTConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
-        require_vit(backbone, "method.name=ibot")
-        built = tuple(backbone.patch_embed.img_size)
-        if not getattr(backbone, "dynamic_img_size", False) and built != (image_size, image_size):
-            raise ConfigError(f"this ViT was built for {built[0]}x{built[1]} images, the views are {image_size} px: "
-                              f"set backbone.model_args.img_size={image_size}")
+        require_vit(backbone, "method.name=ibot", image_size=image_size)
         if cfg.shared_head and cfg.patch_out_dim not in (None, cfg.out_dim):
             raise ConfigError(f"method.patch_out_dim={cfg.patch_out_dim} differs from method.out_dim={cfg.out_dim}: "
                               "a shared head has one output; set method.shared_head=false")

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from selfsup.config import MethodConfig, bounded
 from selfsup.core.distributed import rank, world_size
-from selfsup.core.errors import ConfigError
 from selfsup.data.augment import AugmentSpec
 from selfsup.data.masks import multiblock_masks, process_rows, visible_indices
 from selfsup.losses.ijepa import ijepa_loss
@@ -42,6 +41,7 @@ from selfsup.models.vit_patches import (
     forward_patches,
     has_learned_pos_embed,
     patch_grid,
+    require_sincos_width,
     require_vit,
     sincos_2d,
 )
@@ -116,14 +116,8 @@ class IJEPA(Method):
 
     def __init__(self, cfg: IJEPAConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
         super().__init__(cfg, backbone, image_size, num_classes)
-        require_vit(backbone, "method.name=ijepa", drop_patches=True)
-        if cfg.predictor_dim % cfg.predictor_heads or cfg.predictor_dim % 4:
-            raise ConfigError(f"method.predictor_dim={cfg.predictor_dim} must be a multiple of method.predictor_heads="
-                              f"{cfg.predictor_heads} and of 4 (2-D sin-cos positions)")
-        built = tuple(backbone.patch_embed.img_size)
-        if not getattr(backbone, "dynamic_img_size", False) and built != (image_size, image_size):
-            raise ConfigError(f"this ViT was built for {built[0]}x{built[1]} images, the views are {image_size} px: "
-                              f"set backbone.model_args.img_size={image_size}")
+        require_vit(backbone, "method.name=ijepa", drop_patches=True, image_size=image_size)
+        require_sincos_width(cfg.predictor_dim, cfg.predictor_heads, "predictor")
         self.grid = patch_grid(backbone, image_size, image_size)
         if has_learned_pos_embed(backbone) if cfg.fixed_pos_embed is None else cfg.fixed_pos_embed:
             fix_sincos_pos_embed(backbone, "method.fixed_pos_embed=true")

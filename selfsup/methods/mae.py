@@ -40,6 +40,7 @@ from selfsup.models.vit_patches import (
     has_learned_pos_embed,
     patch_grid,
     patch_size,
+    require_sincos_width,
     require_vit,
     sincos_2d,
 )
@@ -121,14 +122,8 @@ class MAE(Method):
 
     def __init__(self, cfg: MAEConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
         super().__init__(cfg, backbone, image_size, num_classes)
-        require_vit(backbone, "method.name=mae", drop_patches=True, pixel_patches=True)
-        if cfg.decoder_dim % cfg.decoder_heads or cfg.decoder_dim % 4:
-            raise ConfigError(f"method.decoder_dim={cfg.decoder_dim} must be a multiple of method.decoder_heads="
-                              f"{cfg.decoder_heads} and of 4 (2-D sin-cos positions)")
-        built = tuple(backbone.patch_embed.img_size)
-        if not getattr(backbone, "dynamic_img_size", False) and built != (image_size, image_size):
-            raise ConfigError(f"this ViT was built for {built[0]}x{built[1]} images, the views are {image_size} px: "
-                              f"set backbone.model_args.img_size={image_size}")
+        require_vit(backbone, "method.name=mae", drop_patches=True, pixel_patches=True, image_size=image_size)
+        require_sincos_width(cfg.decoder_dim, cfg.decoder_heads, "decoder")
         self.patch = patch_size(backbone)
         self.grid = patch_grid(backbone, image_size, image_size)
         self.num_patches = self.grid[0] * self.grid[1]

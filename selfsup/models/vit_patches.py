@@ -28,9 +28,9 @@ from torch import Tensor, nn
 
 from selfsup.core.errors import ConfigError
 
-__all__ = ["has_patch_tokens", "can_drop_patches", "add_patch_api", "require_vit", "forward_patches",
-           "forward_visible", "patch_size", "patch_grid", "sincos_2d", "has_learned_pos_embed", "fix_sincos_pos_embed",
-           "freeze_patch_embed"]
+__all__ = ["has_patch_tokens", "can_drop_patches", "add_patch_api", "require_vit", "require_sincos_width",
+           "forward_patches", "forward_visible", "patch_size", "patch_grid", "sincos_2d", "has_learned_pos_embed",
+           "fix_sincos_pos_embed", "freeze_patch_embed"]
 
 
 def has_patch_tokens(model: nn.Module) -> bool:
@@ -56,9 +56,11 @@ def add_patch_api(model: nn.Module) -> nn.Module:
     return model
 
 
-def require_vit(model: nn.Module, what: str, *, drop_patches: bool = False, pixel_patches: bool = False) -> None:
+def require_vit(model: nn.Module, what: str, *, drop_patches: bool = False, pixel_patches: bool = False,
+                image_size: int | None = None) -> None:
     """One-line :class:`ConfigError` naming ``what`` unless ``model`` is a timm ViT (with ``forward_visible``
-    when ``drop_patches``; with pixel patches, not a hybrid's CNN stem, when ``pixel_patches``)."""
+    when ``drop_patches``; with pixel patches, not a hybrid's CNN stem, when ``pixel_patches``; built for
+    ``image_size`` x ``image_size`` inputs, or with ``dynamic_img_size``, when ``image_size`` is given)."""
     from timm.layers import PatchEmbed
 
     name = (getattr(model, "selfsup_spec", None) or {}).get("name", type(model).__name__)
@@ -68,6 +70,18 @@ def require_vit(model: nn.Module, what: str, *, drop_patches: bool = False, pixe
         raise ConfigError(f"{what} needs a ViT backbone {kind}, not {name}")
     if pixel_patches and not isinstance(model.patch_embed, PatchEmbed):
         raise ConfigError(f"{what} needs a ViT whose tokens are pixel patches, not {name} (a hybrid: CNN stem)")
+    built = tuple(model.patch_embed.img_size)
+    if image_size is not None and not getattr(model, "dynamic_img_size", False) and built != (image_size, image_size):
+        raise ConfigError(f"this ViT was built for {built[0]}x{built[1]} images, the views are {image_size} px: "
+                          f"set backbone.model_args.img_size={image_size}")
+
+
+def require_sincos_width(dim: int, heads: int, what: str) -> None:
+    """One-line :class:`ConfigError` unless a block of width ``dim`` (config key ``method.<what>_dim``) splits
+    into ``heads`` heads and takes 2-D sin-cos positions (:func:`sincos_2d`: a multiple of 4)."""
+    if dim % heads or dim % 4:
+        raise ConfigError(f"method.{what}_dim={dim} must be a multiple of method.{what}_heads={heads} "
+                          "and of 4 (2-D sin-cos positions)")
 
 
 def patch_size(model: nn.Module) -> tuple[int, int]:
