@@ -27,11 +27,11 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from selfsup.config import MethodConfig, bounded
 from selfsup.core.distributed import all_reduce_mean
-from selfsup.core.errors import ConfigError
 from selfsup.data.augment import AugmentSpec
 from selfsup.losses.dino import dino_loss, teacher_entropy
 from selfsup.methods.base import Method
 from selfsup.methods.factory import register_method
+from selfsup.methods.multi_crop import local_crop_size, require_any_input_size
 from selfsup.models.ema import ema_update, frozen_copy, momentum_schedule
 
 
@@ -117,12 +117,7 @@ class DINO(Method):
 
     def __init__(self, cfg: DINOConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
         super().__init__(cfg, backbone, image_size, num_classes)
-        fixed_size = getattr(backbone, "dynamic_img_size", None) is False  # a timm ViT made for one size
-        if cfg.num_local_crops > 0 and self.local_size != image_size and fixed_size:
-            raise ConfigError(
-                f"dino: local crops of {self.local_size} px need a backbone that takes any input size; this ViT was "
-                f"built for {image_size} px (set backbone.model_args.dynamic_img_size=true, or method.num_local_crops=0)"
-            )
+        require_any_input_size(backbone, "dino", cfg.num_local_crops, self.local_size, image_size)
         self.head = DINOHead(backbone.num_features, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim,
                              cfg.use_bn_in_head, cfg.norm_last_layer)
         self.teacher_backbone = frozen_copy(backbone)
@@ -137,7 +132,7 @@ class DINO(Method):
 
     @property
     def local_size(self) -> int:
-        return self.cfg.local_crop_size or max(1, self.image_size // 2)
+        return local_crop_size(self.cfg.local_crop_size, self.image_size)
 
     @property
     def views(self) -> list[tuple[AugmentSpec, int]]:

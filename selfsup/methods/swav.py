@@ -28,6 +28,7 @@ from selfsup.losses.sinkhorn import sinkhorn_knopp
 from selfsup.losses.swav import swav_loss
 from selfsup.methods.base import Method
 from selfsup.methods.factory import register_method
+from selfsup.methods.multi_crop import local_crop_size, require_any_input_size
 from selfsup.models.heads import ProjectionHead
 
 
@@ -95,12 +96,7 @@ class SwAV(Method):
 
     def __init__(self, cfg: SwAVConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
         super().__init__(cfg, backbone, image_size, num_classes)
-        fixed_size = getattr(backbone, "dynamic_img_size", None) is False  # a timm ViT made for one size
-        if cfg.num_local_crops > 0 and self.local_size != image_size and fixed_size:
-            raise ConfigError(
-                f"swav: local crops of {self.local_size} px need a backbone that takes any input size; this ViT was "
-                f"built for {image_size} px (set backbone.model_args.dynamic_img_size=true, or method.num_local_crops=0)"
-            )
+        require_any_input_size(backbone, "swav", cfg.num_local_crops, self.local_size, image_size)
         self.projector = ProjectionHead(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.prototypes, bias=False)
         self.normalize_prototypes()
@@ -113,7 +109,7 @@ class SwAV(Method):
 
     @property
     def local_size(self) -> int:
-        return self.cfg.local_crop_size or max(1, self.image_size // 2)
+        return local_crop_size(self.cfg.local_crop_size, self.image_size)
 
     @property
     def views(self) -> list[tuple[AugmentSpec, int]]:
