@@ -3,12 +3,9 @@ support set as a FIFO queue of the global batch, 2 processes (gloo) against one 
 resumed run ending with the same support set. The losses: tests/losses/test_nnclr.py."""
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from selfsup.config import load_config
-from selfsup.core.distributed import convert_sync_batchnorm
 from selfsup.core.errors import ConfigError
 from selfsup.data.augment import ViewMaker
 from selfsup.losses import nnclr_loss
@@ -17,6 +14,7 @@ from selfsup.methods.byol import byol_views
 from selfsup.models.backbones import create_backbone
 from selfsup.runs.train import train
 from support import TINY, assert_same_tensors, final_state
+from support.methods import check_queue_two_processes_equal_one
 
 SIZE = 16
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,43 +85,9 @@ def test_a_queue_shorter_than_the_batch_is_refused():
 GLOBAL, STEPS = 8, 3  # queue 12: the second step searches 8 rows, the third 12 after a wrap
 
 
-def _steps(method, rows: slice) -> dict:
-    out = {"loss": []}
-    for step in range(STEPS):
-        views = make_views(method, GLOBAL, step)
-        out["loss"].append(method([v[rows] for v in views], torch.zeros(GLOBAL), {})["loss"].detach())
-        method.on_step_end({})
-    out["queue"] = method.queue.clone()
-    return out
-
-
-def _worker(rank: int, world: int, tmp: str) -> None:
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)  # what is left of a difference is a real one
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world)
-    try:
-        method = convert_sync_batchnorm(build(queue_length=12))  # BN over the global batch, as the trainer
-        half = GLOBAL // world
-        torch.save(_steps(method, slice(rank * half, (rank + 1) * half)), f"{tmp}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.distributed
 def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
-    mp.start_processes(_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        single = _steps(build(queue_length=12), slice(None))
-    finally:
-        torch.set_default_dtype(default)
-    for step in range(STEPS):  # each rank's loss is the mean over its half: their mean is the global batch's
-        torch.testing.assert_close((ranks[0]["loss"][step] + ranks[1]["loss"][step]) / 2, single["loss"][step],
-                                   rtol=1e-9, atol=1e-12)
-    assert torch.equal(ranks[0]["queue"], ranks[1]["queue"])  # the same support set on every process
-    torch.testing.assert_close(ranks[0]["queue"], single["queue"], rtol=1e-9, atol=1e-12)
+    check_queue_two_processes_equal_one(tmp_path, lambda: build(queue_length=12), make_views, GLOBAL, STEPS)
 
 
 # ----------------------------------------------------------------------------- resume

@@ -78,3 +78,54 @@ def one_step_params(run_dir, config_name, *extra):
                                     f"run.dir={run_dir}", "method.pred_hidden_dim=32", *extra])
     train(cfg)
     return load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])["model"], cfg
+
+
+def _queue_steps(method, make_views, values, rows: slice, batch: int, steps: int) -> dict:
+    """``steps`` training steps of ``method`` on rows ``rows`` of each step's ``batch`` views; losses and queue."""
+    out = {"loss": []}
+    for step in range(steps):
+        views, vals = make_views(method, batch, step), values(method, step)
+        out["loss"].append(method([v[rows] for v in views], torch.zeros(batch), vals)["loss"].detach())
+        method.on_step_end(vals)
+    out["queue"] = method.queue.clone()
+    return out
+
+
+def _queue_worker(rank: int, world: int, tmp: str, build, make_views, values, batch: int, steps: int) -> None:
+    import torch.distributed as dist
+
+    from selfsup.core.distributed import convert_sync_batchnorm
+
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)  # what is left of a difference is a real one
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world)
+    try:
+        method = convert_sync_batchnorm(build())  # BN over the global batch, as the trainer
+        half = batch // world
+        out = _queue_steps(method, make_views, values, slice(rank * half, (rank + 1) * half), batch, steps)
+        torch.save(out, f"{tmp}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def check_queue_two_processes_equal_one(tmp_path, build, make_views, batch: int, steps: int,
+                                        values=lambda method, step: {}) -> None:
+    """A queued method (SwAV's queue, NNCLR's support set) on 2 processes, each with half of ``batch``, equals
+    1 process on the whole batch over ``steps`` steps: the mean of the ranks' losses, and the same queue on
+    every process. ``build()`` makes the method (seeded); ``values(method, step)`` its scheduled values."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_queue_worker, args=(2, str(tmp_path), build, make_views, values, batch, steps), nprocs=2,
+                       join=True, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        single = _queue_steps(build(), make_views, values, slice(None), batch, steps)
+    finally:
+        torch.set_default_dtype(default)
+    for step in range(steps):  # each rank's loss is the mean over its half: their mean is the global batch's
+        torch.testing.assert_close((ranks[0]["loss"][step] + ranks[1]["loss"][step]) / 2, single["loss"][step],
+                                   rtol=1e-9, atol=1e-12)
+    assert torch.equal(ranks[0]["queue"], ranks[1]["queue"])  # the same queue on every process
+    torch.testing.assert_close(ranks[0]["queue"], single["queue"], rtol=1e-9, atol=1e-12)
