@@ -59,7 +59,8 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_lightly.py, the script beside this one
 from bench_lightly import torchvision_resnet18  # noqa: E402
 
-METHODS = ("simclr", "dcl", "dclw", "moco", "byol", "simsiam", "barlowtwins", "vicreg", "dino")
+METHODS = ("simclr", "dcl", "dclw", "moco", "byol", "simsiam", "barlowtwins", "vicreg", "dino")  # both sides
+OURS_ONLY = ("swav", "nnclr", "supcon", "siamese")  # --side ours only (ResNet recipes; LightlySSL's not wired here)
 LIGHTLY_REPO = "lightly-ai/lightly@e8d317fc"  # the commit read for the hyper-parameters below (2026-08-21)
 CIFAR = f"{LIGHTLY_REPO} docs/source/getting_started/benchmarks/cifar10_benchmark.py"
 IMAGENETTE = f"{LIGHTLY_REPO} docs/source/getting_started/benchmarks/imagenette_benchmark.py"
@@ -413,7 +414,7 @@ def table(path: str) -> str:
         mean = {k: _mean_percent(r.get(k) for r in random_rows) for k in keys}
         out.append(f"| random init (torchvision), no training | {' / '.join(_fmt(mean[k], '') for k in keys)} | "
                    f"(the same network) | {','.join(str(r['seed']) for r in random_rows)} | - |")
-    for method in [m for m in METHODS if any(r["method"] == m for r in rows)]:
+    for method in [m for m in METHODS + OURS_ONLY if any(r["method"] == m for r in rows)]:
         side = {s: [r for r in rows if r["method"] == method and r["side"] == s] for s in ("ours", "lightly")}
         mean = {s: {k: _mean_percent(r.get(k) for r in rs) for k in keys} for s, rs in side.items() if rs}
         cell = lambda s: " / ".join(_fmt(mean[s][k], "") for k in keys) if s in mean else "-"  # noqa: E731
@@ -427,7 +428,7 @@ def table(path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("method", nargs="?", choices=METHODS)
+    p.add_argument("method", nargs="?", choices=METHODS + OURS_ONLY)
     p.add_argument("--side", choices=("ours", "lightly", "random"),
                    help="random: no training, torchvision's randomly initialised resnet18 (no METHOD)")
     p.add_argument("--table", metavar="JSONL", help="print the markdown table of a results file and exit")
@@ -452,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--side random evaluates the untrained network: give no METHOD")
     if args.side != "random" and (not args.method or not args.side):
         p.error("give a METHOD and --side ours|lightly, or --side random (or --table FILE)")
+    if args.side == "lightly" and args.method in OURS_ONLY:
+        p.error(f"{args.method}: only --side ours (LightlySSL's side covers {', '.join(METHODS)})")
     if args.side in ("lightly", "random") and args.overrides:
         p.error("config overrides apply to --side ours only")
     try:
