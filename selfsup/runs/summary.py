@@ -17,9 +17,11 @@ from selfsup.engine.run_log import read_metrics
 from selfsup.runs.curves import plot_run, plots_available
 
 # The encoders ``eval.random_baseline`` evaluates beside the pretrained one: the same architecture, initialised
-# from ``trainer.seed``, two ways. key -> (file in the run directory, name in tables).
+# from ``trainer.seed``, two ways. key -> (file in the run directory, name in tables). timm's init is the backbone
+# as the config builds it: a timm ResNet zeroes the last BN of every block unless
+# ``backbone.model_args.zero_init_last=false`` (then both inits have BN weights 1 and differ in the convolutions).
 RANDOM_BASELINES = {
-    "timm_init": ("eval_random_init.json", "random init (timm's own: last BN of each block zeroed)"),
+    "timm_init": ("eval_random_init.json", "random init (timm's own, as configured)"),
     "torch_default_init": ("eval_random_init_torch_default.json",
                            "random init (PyTorch's reset_parameters(): BN weight 1)"),
 }
