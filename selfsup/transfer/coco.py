@@ -3,7 +3,7 @@ COCO evaluation through pycocotools' own ``COCOeval`` (no home-made mAP).
 
 Every problem a user can cause is a one-line :class:`~selfsup.core.errors.DataError` (CLI exit 2): a
 missing annotation file or image, a box outside its image, an instance or semantic mask whose size
-differs from its image.
+differs from its image, a train split with a category no (non-crowd) annotation uses.
 """
 from __future__ import annotations
 
@@ -68,23 +68,26 @@ class CocoSplit:
                             f"its annotation says {info['width']}x{info['height']}")
         return img
 
-    def target(self, image_id: int) -> dict[str, Tensor]:
+    def target(self, image_id: int, masks: bool = True) -> dict[str, Tensor]:
         """torchvision's detection target: ``boxes`` float ``[n, 4]`` (x1, y1, x2, y2), ``labels`` int64 ``[n]``
-        and, with masks, ``masks`` uint8 ``[n, H, W]``; crowd annotations are left out."""
+        and, when the split has masks and ``masks`` is true, ``masks`` uint8 ``[n, H, W]``; crowd annotations
+        are left out."""
         info = self.coco.imgs[image_id]
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                               for a in anns], dtype=torch.float32).reshape(-1, 4)
         out = {"boxes": boxes, "labels": torch.tensor([self.labels[a["category_id"]] for a in anns], dtype=torch.int64)}
-        if self.has_masks:
-            masks = [self.coco.annToMask(a) for a in anns]
-            out["masks"] = torch.from_numpy(np.stack(masks)) if masks else \
+        if self.has_masks and masks:
+            decoded = [self.coco.annToMask(a) for a in anns]
+            out["masks"] = torch.from_numpy(np.stack(decoded)) if decoded else \
                 torch.zeros((0, info["height"], info["width"]), dtype=torch.uint8)
         return out
 
 
-def load_coco(annotations: str | Path, image_dir: str | Path) -> CocoSplit:
-    """Read a COCO instances file and check it (see the module docstring); images are read later, per batch."""
+def load_coco(annotations: str | Path, image_dir: str | Path, *, every_category: bool = False) -> CocoSplit:
+    """Read a COCO instances file and check it (see the module docstring); images are read later, per batch.
+    ``every_category`` (a train split): each listed category must have a non-crowd annotation, else a detector
+    would get an output it can never learn (and val AP for a class it never saw)."""
     COCO = _pycocotools()
     path = Path(annotations).expanduser()
     if not path.is_file():
@@ -99,6 +102,15 @@ def load_coco(annotations: str | Path, image_dir: str | Path) -> CocoSplit:
     for ann in coco.dataset.get("annotations", []):
         _check_annotation(ann, coco.imgs, path)
     cats = sorted(coco.cats)
+    if every_category:
+        used = {a.get("category_id") for a in coco.dataset.get("annotations", []) if not a.get("iscrowd", 0)}
+        empty = [c for c in cats if c not in used]
+        if empty:
+            names = ", ".join(f"{c} ({coco.cats[c].get('name', '?')})" for c in empty[:5])
+            raise DataError(f"{path}: categor{'y' if len(empty) == 1 else 'ies'} {names}"
+                            f"{f' and {len(empty) - 5} more' if len(empty) > 5 else ''} "
+                            f"{'has' if len(empty) == 1 else 'have'} no annotation in this split: annotate "
+                            f"or drop {'it' if len(empty) == 1 else 'them'} (in every split's 'categories')")
     has_masks = any("segmentation" in a and a["segmentation"] for a in coco.dataset.get("annotations", []))
     return CocoSplit(coco, sorted(coco.imgs), Path(image_dir).expanduser(), cats, has_masks,
                      {c: i + 1 for i, c in enumerate(cats)})

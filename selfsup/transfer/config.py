@@ -13,11 +13,19 @@ Keys (defaults in brackets)::
     model.train_stages   k for last_k [1]
     model.head           segmentation: linear (BN + 1x1 conv, DINOv2) | fcn (FCN head, Long et al. 2015) [linear]
     model.layers         feature indices (CNN stages / ViT blocks; default: every stage, or the ViT's last block)
-    model.detector       auto | faster_rcnn | mask_rcnn (auto: Mask R-CNN when the annotations have masks)
-    model.fpn_channels   [64]; model.anchor_scale: anchor side = scale x stride [8]
+    model.detector       auto | faster_rcnn | mask_rcnn | retinanet | fcos (auto: Mask R-CNN when the
+                         annotations have masks, else Faster R-CNN; retinanet and fcos are box detectors:
+                         on data with masks they train and report boxes only, no mask AP)
+    model.fpn_channels   [64]; model.anchor_scale: anchor side = scale x stride [8] (not fcos: its
+                         per-level box is the stride)
     train.steps [100], train.batch_size [8], train.lr (heads) [1e-3], train.backbone_lr [1e-4],
     train.weight_decay [1e-4], train.seed [0], train.device (auto | cpu | cuda) [auto]
-    run.dir              output folder [runs/transfer/TASK-ENCODER-INIT-sSEED]
+    train.checkpoint_every  steps between checkpoints in run.dir/checkpoints (0: only the last step's) [50];
+                         rerunning the same command resumes from the newest
+    run.dir              output folder [runs/transfer/TASK-ENCODER-INIT-sSEED; TASK: detection(-DETECTOR unless
+                         auto) | segmentation-HEAD]
+    run.overwrite        start a finished (metrics.json) or interrupted run over instead of refusing /
+                         resuming it [false]
 """
 from __future__ import annotations
 
@@ -51,7 +59,7 @@ class TransferModel:
     train_stages: int = 1
     head: Literal["linear", "fcn"] = "linear"
     layers: list[int] | None = None
-    detector: Literal["auto", "faster_rcnn", "mask_rcnn"] = "auto"
+    detector: Literal["auto", "faster_rcnn", "mask_rcnn", "retinanet", "fcos"] = "auto"
     fpn_channels: int = 64
     anchor_scale: float = 8.0
 
@@ -65,11 +73,13 @@ class TransferTrain:
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "auto"
+    checkpoint_every: int = 50
 
 
 @dataclass
 class TransferRun:
     dir: str | None = None
+    overwrite: bool = False
 
 
 @dataclass
@@ -101,6 +111,8 @@ def parse_transfer_config(overrides: list[str]) -> TransferConfig:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"config key '{key}' must be at least 1")
+    if cfg.train.checkpoint_every < 0:
+        raise ConfigError("config key 'train.checkpoint_every' must be at least 0 (0: only the last step's)")
     if cfg.train.lr <= 0 or cfg.train.backbone_lr < 0:
         raise ConfigError("train.lr must be > 0 and train.backbone_lr >= 0")
     return cfg

@@ -8,7 +8,8 @@
 
 Pixel-wise cross-entropy with ignore index 255; metrics on the val split: mIoU (mean over the classes that
 occur in the ground truth or the prediction of IoU = TP / (TP + FP + FN)) and pixel accuracy, from one
-confusion matrix over all val pixels (Everingham et al., PASCAL VOC).
+confusion matrix over all val pixels (Everingham et al., PASCAL VOC). Training runs through
+:func:`selfsup.transfer.loop.fit` (checkpoints, resume).
 """
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ from torch import Tensor, nn
 from torchvision.models.segmentation.fcn import FCNHead
 
 from selfsup.core.errors import DataError
-from selfsup.core.progress import progress_bar
 from selfsup.transfer.coco import load_voc
 from selfsup.transfer.common import (apply_regime, keep_frozen_norms, make_optimizer, open_maps, output_dir,
                                      resolve_device, write_config, write_json)
 from selfsup.transfer.config import TransferConfig, parse_transfer_config
 from selfsup.transfer.features import FeatureMaps
+from selfsup.transfer.loop import check_not_finished, fit
 
 __all__ = ["IGNORE_INDEX", "confusion_matrix", "segmentation_scores", "Segmenter", "run_segmentation"]
 
@@ -89,9 +90,12 @@ def evaluate(model: Segmenter, images: Tensor, masks: Tensor, num_classes: int, 
 
 def run_segmentation(encoder: str | Path, overrides: list[str] | TransferConfig) -> dict:
     """``selfsup transfer segmentation ENCODER key=value ...``: train the head (and the encoder, per regime) for
-    ``train.steps`` steps on ``data.root``'s train split, evaluate on val, write ``metrics.json`` and
-    ``config.yaml`` into the output folder; returns the metrics."""
+    ``train.steps`` steps on ``data.root``'s train split (resuming an interrupted run, refusing a finished one:
+    :mod:`selfsup.transfer.loop`), evaluate on val, write ``metrics.json`` and ``config.yaml`` into the output
+    folder; returns the metrics."""
     cfg = overrides if isinstance(overrides, TransferConfig) else parse_transfer_config(overrides)
+    out = output_dir(cfg, f"segmentation-{cfg.model.head}", encoder)
+    check_not_finished(out, cfg)
     if not cfg.data.root:
         raise DataError("transfer segmentation needs data.root=DIR (VOC layout: JPEGImages, SegmentationClass, "
                         "ImageSets/Segmentation/{train,val}.txt)")
@@ -113,29 +117,24 @@ def run_segmentation(encoder: str | Path, overrides: list[str] | TransferConfig)
     opt = make_optimizer(model.head.parameters(), backbone, cfg)
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    start, loss = time.monotonic(), None
-    bar = progress_bar(total=cfg.train.steps, desc="segmentation", unit="step")
-    for step in range(cfg.train.steps):
+
+    def losses_of(picked: list[int]) -> dict:
+        logits = model(_normalise(train_x[picked], mean_t, std_t, device))
+        return {"loss": F.cross_entropy(logits, train_y[picked].to(device), ignore_index=IGNORE_INDEX)}
+
+    def train_mode() -> None:
         model.train()
         keep_frozen_norms(maps, regime)
-        idx = torch.randint(len(train_x), (min(cfg.train.batch_size, len(train_x)),), generator=gen)
-        logits = model(_normalise(train_x[idx], mean_t, std_t, device))
-        loss = F.cross_entropy(logits, train_y[idx].to(device), ignore_index=IGNORE_INDEX)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        opt.scheduler.step()
-        bar.update(1)
-        if step % 10 == 0 or step == cfg.train.steps - 1:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    bar.close()
+
+    fitted = fit(model, opt, cfg, out, task="segmentation", encoder=encoder, num_items=len(train_x),
+                 losses_of=losses_of, train_mode=train_mode)
+    began = time.monotonic()
     scores = evaluate(model, val_x, val_y, num_classes, mean_t, std_t, device, max(cfg.train.batch_size, 16))
     result = {"task": "segmentation", "encoder": str(encoder), "init": cfg.model.init, "head": cfg.model.head,
               "regime": regime, "seed": cfg.train.seed, "steps": cfg.train.steps, "num_classes": num_classes,
               "image_size": list(train_x.shape[-2:]), "num_train": len(train_x), "num_val": len(val_x),
-              "final_loss": float(loss.item()), "seconds": round(time.monotonic() - start, 2), **scores}
-    out = output_dir(cfg, f"segmentation-{cfg.model.head}", encoder)
+              "final_loss": fitted.losses.get("loss"), "resumed_from": fitted.resumed_from,
+              "seconds": round(fitted.seconds + time.monotonic() - began, 2), **scores}
     write_config(out, cfg, "segmentation", encoder)
     write_json(out / "metrics.json", result)
     result["out"] = str(out)

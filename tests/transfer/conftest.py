@@ -21,4 +21,5 @@ def resnet_export(tmp_path_factory):
 def scenes(tmp_path_factory):
     from selfsup.transfer.scenes import write_scenes
 
-    return write_scenes(tmp_path_factory.mktemp("scenes") / "s", seed=3, num_train=6, num_val=3, size=32)
+    # seed 3, 12 train images: every digit occurs in train (detection refuses a category without annotations)
+    return write_scenes(tmp_path_factory.mktemp("scenes") / "s", seed=3, num_train=12, num_val=3, size=32)

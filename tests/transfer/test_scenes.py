@@ -12,6 +12,7 @@ from pycocotools.coco import COCO
 from selfsup.cli import main
 from selfsup.core.errors import DataError
 from selfsup.transfer.coco import load_coco, load_voc
+from selfsup.transfer.detection import run_detection
 from selfsup.transfer.scenes import write_scenes
 
 
@@ -66,6 +67,13 @@ def test_bad_annotations_are_one_line_errors(scenes, tmp_path, capsys):
     resized = _edit(scenes, tmp_path, "resized", lambda d: d["annotations"][0]["segmentation"].update(size=[16, 16]))
     with pytest.raises(DataError, match="mask is 16x16"):
         load_coco(resized, scenes)
+    ghost = _edit(scenes, tmp_path, "ghost", lambda d: d["categories"].append({"id": 99, "name": "ghost"}))
+    assert 99 in load_coco(ghost, scenes).category_ids  # a val split may lack a category
+    with pytest.raises(DataError, match=r"ghost.json: category 99 \(ghost\) has no annotation in this split"):
+        load_coco(ghost, scenes, every_category=True)  # a train split may not: detection loads it so
+    with pytest.raises(DataError, match=r"category 99 \(ghost\) has no annotation"):
+        run_detection(scenes, [f"data.train={ghost}", f"data.val={ghost}", f"data.train_images={scenes}",
+                               f"data.val_images={scenes}", f"run.dir={tmp_path / 'run'}"])
     code = main(["transfer", "detection", str(scenes), f"data.train={outside}", f"data.val={outside}",
                  f"data.train_images={scenes}", f"data.val_images={scenes}"])
     err = capsys.readouterr().err.strip()
