@@ -26,6 +26,7 @@ EPILOG = """examples:
                                                   #   -> eval/results/benchmark-digits-DATE.md
   selfsup export runs/simclr-digits --out exported/
   selfsup plot runs/simclr-digits                 # PNG curves into runs/simclr-digits/plots/
+  selfsup plot exported/ --filters --features img.jpg --out pics/   # first-layer filters, feature maps
   selfsup list
 
 exit codes: 0 done, 2 bad input (one line names it), 3 non-finite loss (the last good checkpoint
@@ -88,8 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", help="replace the suite's runs_root (run directories: ROOT/NAME-seedS)")
     p.add_argument("--out", help="replace the suite's markdown output path ({date}: today; a .json lands beside it)")
 
-    p = sub.add_parser("plot", help="PNG plots of a run's metrics (loss, lr, kNN, DINO teacher entropy)")
-    p.add_argument("run", help="run directory")
+    p = sub.add_parser("plot", help="PNG plots of a run's metrics (loss, lr, kNN, DINO teacher entropy); "
+                                    "an encoder's first-layer filters and feature maps")
+    p.add_argument("run", help="run directory (curves); with --filters / --features: an exported encoder or a run")
+    # absent options stay out of the namespace (SUPPRESS): `selfsup plot RUN` parses as it always did
+    p.add_argument("--filters", action="store_true", default=argparse.SUPPRESS,
+                   help="the first layer's filters -> filters.png")
+    p.add_argument("--features", metavar="IMAGE", default=argparse.SUPPRESS,
+                   help="this image's feature maps per stage -> features_<i>.png")
+    p.add_argument("--channels", type=int, default=argparse.SUPPRESS, help="feature maps shown per stage (default 16)")
+    p.add_argument("--out", default=argparse.SUPPRESS,
+                   help="output directory (default: RUN/plots; required for an exported encoder)")
 
     p = sub.add_parser("transfer", help="dense transfer of an exported encoder: detection or segmentation; prints JSON")
     p.add_argument("task", choices=["detection", "segmentation"])
@@ -234,10 +244,23 @@ def _list(args) -> int:
 
 
 def _plot(args) -> int:
-    from selfsup.runs.curves import plot_run
+    filters, image, out = getattr(args, "filters", False), getattr(args, "features", None), getattr(args, "out", None)
+    if not (filters or image):
+        from selfsup.core.errors import ConfigError
+        from selfsup.runs.curves import plot_run
 
-    for path in plot_run(args.run):
-        print(path)
+        if out or hasattr(args, "channels"):
+            raise ConfigError("--out and --channels go with --filters / --features; a run's curves go to RUN/plots")
+        for path in plot_run(args.run):
+            print(path)
+        return 0
+    from selfsup.transfer.encoder_plots import plot_feature_maps, plot_filters
+
+    if filters:
+        print(plot_filters(args.run, out))
+    if image:
+        for path in plot_feature_maps(args.run, image, out, channels=getattr(args, "channels", 16)):
+            print(path)
     return 0
 
 
