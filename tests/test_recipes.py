@@ -23,7 +23,7 @@ def test_every_method_has_a_digits_and_a_cifar10_recipe():
 
     missing = [f"{m}-{d}" for m in METHODS.names() for d in ("digits", "cifar10") if f"{m}-{d}" not in RECIPES]
     assert not missing
-    assert {"dino-stl10", "jigsaw-stl10"} <= set(RECIPES)
+    assert {"dino-stl10", "jigsaw-stl10", "swav-stl10"} <= set(RECIPES)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
