@@ -97,6 +97,9 @@ class SwAV(Method):
     def __init__(self, cfg: SwAVConfig, backbone: nn.Module, image_size: int, num_classes: int = 0):
         super().__init__(cfg, backbone, image_size, num_classes)
         require_any_input_size(backbone, "swav", cfg.num_local_crops, self.local_size, image_size)
+        if cfg.prototypes <= cfg.proj_dim:  # K unit vectors in R^d, K <= d: some unit z has z . c_k equal for all k
+            raise ConfigError(f"method.prototypes={cfg.prototypes} must exceed method.proj_dim={cfg.proj_dim}: with "
+                              "K <= d an embedding scores every prototype alike, and the loss sits at ln K (collapse)")
         self.projector = ProjectionHead(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.prototypes, bias=False)
         self.normalize_prototypes()

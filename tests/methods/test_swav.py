@@ -124,6 +124,18 @@ def test_codes_come_from_sinkhorn_with_the_queue_in_front_once_it_is_full():
     assert int(inactive.queue_count) == 0 and not inactive.queue.any()
 
 
+def test_no_more_prototypes_than_embedding_dimensions_is_refused():
+    """K <= d unit prototypes leave a unit embedding that scores them all alike (orthogonal to all when K < d):
+    the uniform prediction, loss ln K, is then reachable; swav-digits with K 100 < d 128 sat there."""
+    for k in (8, 16):
+        with pytest.raises(ConfigError, match=rf"^method.prototypes={k} must exceed method.proj_dim=16"):
+            build(prototypes=k, proj_dim=16)
+    c = torch.nn.functional.normalize(torch.randn(8, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    z = torch.linalg.svd(c).Vh[-1]  # a unit vector orthogonal to all 8 prototypes in R^16
+    assert torch.allclose(c @ z, torch.zeros(8), atol=1e-6)
+    build(prototypes=17, proj_dim=16)
+
+
 def test_a_queue_shorter_than_the_batch_is_refused():
     method = build(queue_length=4)
     with pytest.raises(ConfigError, match=r"^method.queue_length=4 is smaller than the 6 embeddings"):
