@@ -9,6 +9,7 @@
 #   srun --nodes=2 --ntasks-per-node=1 ./launch.sh RECIPE                           # under SLURM (one task per node)
 #   ACCELERATE_CONFIG=fsdp.yaml ./launch.sh RECIPE                                   # FSDP / DeepSpeed config
 #   DRY_RUN=1 NPROC=2 ./launch.sh                 # print the command (and thread setting), run nothing
+#   NPROC=2 ./launch.sh transfer detection ENCODER data.root=DIR   # `selfsup transfer` data-parallel (same logic)
 #
 # Processes per machine: NPROC, else every local GPU, else 1. `trainer.batch_size` stays the
 # global batch whatever the process count. Multi-process runs (GPU or CPU) go through
@@ -16,6 +17,13 @@
 # torch.distributed uses gloo. (`accelerate launch --cpu` starts a single process, so it is
 # never used for NPROC > 1.)
 set -euo pipefail
+
+# First argument `transfer`: `selfsup transfer TASK ENCODER ...` instead of `selfsup train ...`.
+subcommand=train
+if [[ "${1:-}" == transfer ]]; then
+  subcommand=transfer
+  shift
+fi
 
 PYTHON="${PYTHON:-python}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
@@ -63,7 +71,7 @@ if [[ "$gpus" -eq 0 && -z "${OMP_NUM_THREADS:-}" && "$total" -gt 1 ]]; then
 fi
 
 if [[ "$total" -eq 1 && -z "${ACCELERATE_CONFIG:-}" ]]; then
-  cmd=("$PYTHON" -m selfsup train "$@")
+  cmd=("$PYTHON" -m selfsup "$subcommand" "$@")
 else
   args=(--num_machines "$NNODES" --machine_rank "$NODE_RANK" --num_processes "$total"
         --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT")
@@ -74,7 +82,7 @@ else
     args+=(--mixed_precision no --dynamo_backend no)
     [[ "$total" -gt 1 ]] && args+=(--multi_gpu)
   fi
-  cmd=("$PYTHON" -m accelerate.commands.launch "${args[@]}" -m selfsup train "$@")
+  cmd=("$PYTHON" -m accelerate.commands.launch "${args[@]}" -m selfsup "$subcommand" "$@")
 fi
 
 if [[ -n "${DRY_RUN:-}" && "${DRY_RUN}" != 0 ]]; then

@@ -269,7 +269,9 @@ def _transfer(args) -> int:
         from selfsup.transfer.detection import run_detection as run
     else:
         from selfsup.transfer.segmentation import run_segmentation as run
-    print(json.dumps(run(args.encoder, args.overrides)))
+    result = run(args.encoder, args.overrides)
+    if result is not None:  # None: a process other than rank 0 of ./launch.sh transfer
+        print(json.dumps(result))
     return 0
 
 

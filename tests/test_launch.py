@@ -69,6 +69,17 @@ def test_nproc_2_on_cpu_starts_two_gloo_processes_through_accelerate(launch):
     assert f"OMP_NUM_THREADS={max(1, cores // 2)}" in out  # the cores are shared out, not oversubscribed
 
 
+def test_transfer_first_runs_selfsup_transfer_with_the_same_process_logic(launch):
+    one = command(launch("transfer", "detection", "exported/enc", "train.batch_size=8"))
+    assert one[1:] == ["-m", "selfsup", "transfer", "detection", "exported/enc", "train.batch_size=8"]
+    argv = command(launch("transfer", "segmentation", "exported/enc", "data.root=/d", NPROC="2", NNODES="2",
+                          NODE_RANK="1", MASTER_ADDR="10.0.0.1"))
+    assert argv[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in argv
+    assert option(argv, "--num_processes") == "4" and option(argv, "--machine_rank") == "1"
+    assert argv[-6:] == ["-m", "selfsup", "transfer", "segmentation", "exported/enc", "data.root=/d"]
+    assert command(launch("recipes/transfer.yaml"))[1:4] == ["-m", "selfsup", "train"]  # only the first word counts
+
+
 def test_the_real_exec_is_the_printed_command(launch):
     ran = launch("trainer.max_steps=2", dry=False, NPROC="2").strip()
     assert ran.startswith("RAN [-m] [accelerate.commands.launch]") and "[--num_processes] [2]" in ran

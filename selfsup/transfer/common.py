@@ -1,15 +1,18 @@
-"""What both transfer tasks share: the encoder (pretrained or random), the backbone regimes, the optimizer,
-the output folder and its JSON files."""
+"""What both transfer tasks share: the encoder (pretrained or random), the backbone regimes and norms, the
+optimizer, the processes (one, or those ``./launch.sh transfer`` starts), the output folder and its JSON files."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import warnings
 from pathlib import Path
 
 import torch
 import yaml
 from torch import nn
 
+from selfsup.core.distributed import convert_sync_batchnorm, world_size
 from selfsup.core.errors import ConfigError
 from selfsup.core.files import atomic_write
 from selfsup.models.backbones import reset_to_torch_defaults
@@ -17,17 +20,26 @@ from selfsup.runs.export import load_encoder
 from selfsup.transfer.config import TransferConfig
 from selfsup.transfer.features import FeatureMaps, feature_maps
 
-__all__ = ["open_maps", "apply_regime", "keep_frozen_norms", "make_optimizer", "output_dir", "write_json",
-           "resolve_device", "regime_of"]
+__all__ = ["open_maps", "apply_regime", "keep_frozen_norms", "synchronise_norms", "make_optimizer", "output_dir",
+           "write_json", "resolve_device", "regime_of"]
 
-_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm)
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)  # every BN, selfsup's SyncBatchNorm too
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device for ``train.device``. Started by a launcher (``./launch.sh transfer``: torchrun's
+    ``WORLD_SIZE`` > 1), it first joins the launcher's process group through Accelerate, as ``selfsup train``
+    does (NCCL and this process's own GPU, or gloo on the CPU); one process never touches torch.distributed."""
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but no GPU is available")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        from accelerate import PartialState
+
+        PartialState(cpu=name == "cpu" or not torch.cuda.is_available())  # cpu: gloo (Accelerate's MULTI_CPU)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and world_size() > 1:
+        return torch.device("cuda", torch.cuda.current_device())  # the local rank's GPU (Accelerate set it)
     return torch.device(name)
 
 
@@ -60,16 +72,37 @@ def apply_regime(maps: FeatureMaps, regime: str, last: int) -> list[nn.Parameter
     return [p for p in maps.encoder.parameters() if p.requires_grad]
 
 
-def keep_frozen_norms(maps: FeatureMaps, regime: str) -> None:
+def keep_frozen_norms(maps: FeatureMaps, regime: str, norm: str = "frozen") -> None:
     """Call after ``model.train()``: the encoder's normalisation statistics stay frozen (eval mode), as in
     Detectron's fine-tuning protocol with small batches (He et al. 2019, "Rethinking ImageNet Pre-training",
-    use frozen BN or SyncBN); a frozen encoder is wholly in eval mode (no dropout), so none of its tensors change."""
+    use frozen BN or SyncBN); a frozen encoder is wholly in eval mode (no dropout), so none of its tensors change.
+    ``norm="sync"`` (``model.norm``): the norm layers whose weights train (per regime) stay in train mode, so
+    their statistics come from the batch (synchronised over processes by :func:`synchronise_norms`)."""
     if regime == "frozen":
         maps.encoder.eval()
         return
     for module in maps.encoder.modules():
         if isinstance(module, _NORMS):
-            module.eval()
+            trains = norm == "sync" and any(p.requires_grad for p in module.parameters(recurse=False))
+            module.train(trains)
+
+
+def synchronise_norms(model: nn.Module, encoder: nn.Module, norm: str, device: torch.device) -> nn.Module:
+    """With several processes: the BatchNorm layers of ``model`` outside ``encoder`` (the new heads', never
+    frozen) and, with ``norm="sync"``, the encoder's too become synchronised BN (statistics of the global batch,
+    Peng et al. 2018; ``torch.nn.SyncBatchNorm`` on CUDA, :class:`selfsup.core.distributed.SyncBatchNorm` on the
+    CPU), sharing their parameters and buffers (the optimizer and checkpoints see the same tensors and keys).
+    Without it a head's BN would normalise each process's share alone and the result would depend on the
+    process count. One process: ``model`` unchanged. Returns ``model``."""
+    if world_size() == 1:
+        return model
+    inside = next(name for name, m in model.named_modules() if m is encoder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = convert_sync_batchnorm(model, exclude=() if norm == "sync" else (inside,), cuda=device.type == "cuda")
+    for w in caught:  # its wording names the training config's key
+        warnings.warn(str(w.message).replace("trainer.sync_bn", f"model.norm={norm}"), stacklevel=2)
+    return model
 
 
 def make_optimizer(head_params, backbone_params, cfg: TransferConfig) -> torch.optim.Optimizer:

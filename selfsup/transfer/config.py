@@ -11,6 +11,12 @@ Keys (defaults in brackets)::
     model.init           pretrained | random (the same architecture, PyTorch's default initialisation)
     model.regime         frozen | last_k | full (default: frozen for the linear head, full otherwise)
     model.train_stages   k for last_k [1]
+    model.norm           frozen | sync [frozen]: the encoder's BatchNorm statistics stay frozen (eval mode, as
+                         today's small-batch fine-tuning, He et al. 2019) or train with the batch (``sync``: over
+                         every process's share of the global batch, SyncBN, as MoCo's detection transfer; one
+                         process: plain BN in train mode). ``sync`` trains the statistics of the BN layers whose
+                         weights train (``model.regime``); a frozen encoder stays wholly frozen. The heads' own BN
+                         layers (new, so never frozen) are synchronised whenever there are several processes.
     model.head           segmentation: linear (BN + 1x1 conv, DINOv2) | fcn (FCN head, Long et al. 2015) [linear]
     model.layers         feature indices (CNN stages / ViT blocks; default: every stage, or the ViT's last block)
     model.detector       auto | faster_rcnn | mask_rcnn | retinanet | fcos (auto: Mask R-CNN when the
@@ -20,6 +26,9 @@ Keys (defaults in brackets)::
                          per-level box is the stride)
     train.steps [100], train.batch_size [8], train.lr (heads) [1e-3], train.backbone_lr [1e-4],
     train.weight_decay [1e-4], train.seed [0], train.device (auto | cpu | cuda) [auto]
+    train.batch_size is the GLOBAL batch: with several processes (./launch.sh transfer TASK ENCODER ..., NPROC=2)
+                         each takes its contiguous share of every step's pick (the count must divide it) and the
+                         gradients are averaged; rank 0 alone writes, prints and evaluates
     train.checkpoint_every  steps between checkpoints in run.dir/checkpoints (0: only the last step's) [50];
                          rerunning the same command resumes from the newest
     run.dir              output folder [runs/transfer/TASK-ENCODER-INIT-sSEED; TASK: detection(-DETECTOR unless
@@ -57,6 +66,7 @@ class TransferModel:
     init: Literal["pretrained", "random"] = "pretrained"
     regime: Literal["frozen", "last_k", "full"] | None = None
     train_stages: int = 1
+    norm: Literal["frozen", "sync"] = "frozen"
     head: Literal["linear", "fcn"] = "linear"
     layers: list[int] | None = None
     detector: Literal["auto", "faster_rcnn", "mask_rcnn", "retinanet", "fcos"] = "auto"

@@ -5,9 +5,10 @@ masks, else Faster R-CNN; ``retinanet`` and ``fcos`` are box detectors: on a dat
 the boxes alone and report box AP only (no ``segm`` entry).
 
 Regimes as MoCo's transfer (He et al. 2020, sec. 4.2): ``frozen`` encoder, ``last_k`` stages, ``full``;
-BatchNorm statistics stay frozen (small batches). Training runs through :func:`selfsup.transfer.loop.fit`
-(checkpoints, resume). Evaluation: pycocotools' COCOeval on the val split (box, and mask with Mask R-CNN):
-mAP@[.5:.95], AP50, AP75; the detections are written in COCO results format.
+BatchNorm statistics stay frozen (small batches), or train over the global batch with ``model.norm=sync`` (SyncBN
+over the processes of ``./launch.sh transfer``). Training runs through :func:`selfsup.transfer.loop.fit`
+(checkpoints, resume, several processes). Evaluation: pycocotools' COCOeval on the val split (box, and mask with
+Mask R-CNN): mAP@[.5:.95], AP50, AP75; the detections are written in COCO results format.
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from selfsup.core.distributed import rank
 from selfsup.core.errors import DataError
 from selfsup.transfer.coco import CocoSplit, coco_evaluate, load_coco
 from selfsup.transfer.common import (apply_regime, keep_frozen_norms, make_optimizer, open_maps, output_dir,
-                                     resolve_device, write_config, write_json)
+                                     resolve_device, synchronise_norms, write_config, write_json)
 from selfsup.transfer.config import TransferConfig, parse_transfer_config
 from selfsup.transfer.detectors import MASK_DETECTORS, build_detector
 from selfsup.transfer.loop import check_not_finished, fit
@@ -86,11 +88,12 @@ def _evaluate(model: nn.Module, val: CocoSplit, device: torch.device, batch_size
     return boxes, segm
 
 
-def run_detection(encoder: str | Path, overrides: list[str] | TransferConfig) -> dict:
+def run_detection(encoder: str | Path, overrides: list[str] | TransferConfig) -> dict | None:
     """``selfsup transfer detection ENCODER key=value ...``: fine-tune the detector for ``train.steps`` steps on
     the train split (resuming an interrupted run, refusing a finished one: :mod:`selfsup.transfer.loop`),
     evaluate on val with COCOeval; writes ``metrics.json``, ``config.yaml`` and ``detections_bbox.json``
-    (``detections_segm.json`` with masks) into the output folder; returns the metrics."""
+    (``detections_segm.json`` with masks) into the output folder; returns the metrics (on rank 0; the other
+    processes of ``./launch.sh transfer`` train, then return None)."""
     cfg = overrides if isinstance(overrides, TransferConfig) else parse_transfer_config(overrides)
     detector = cfg.model.detector
     out = output_dir(cfg, "detection" if detector == "auto" else f"detection-{detector}", encoder)
@@ -115,6 +118,7 @@ def run_detection(encoder: str | Path, overrides: list[str] | TransferConfig) ->
                            anchor_scale=cfg.model.anchor_scale).to(device)
     regime = cfg.model.regime or "full"
     backbone = apply_regime(maps, regime, cfg.model.train_stages)
+    model = synchronise_norms(model, maps.encoder, cfg.model.norm, device)  # several processes: SyncBN
     own = {id(p) for p in maps.encoder.parameters()}
     opt = make_optimizer([p for p in model.parameters() if id(p) not in own], backbone, cfg)
 
@@ -123,10 +127,12 @@ def run_detection(encoder: str | Path, overrides: list[str] | TransferConfig) ->
 
     def train_mode() -> None:
         model.train()
-        keep_frozen_norms(maps, regime)
+        keep_frozen_norms(maps, regime, cfg.model.norm)
 
     fitted = fit(model, opt, cfg, out, task="detection", encoder=encoder, num_items=len(train.image_ids),
                  losses_of=losses_of, train_mode=train_mode)
+    if rank() != 0:  # rank 0 alone evaluates and writes
+        return None
     began = time.monotonic()
     boxes, segm = _evaluate(model, val, device, max(1, cfg.train.batch_size))
     result = {"task": "detection", "detector": kind, "encoder": str(encoder), "init": cfg.model.init,

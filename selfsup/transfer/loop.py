@@ -7,6 +7,15 @@ into ``OUT/checkpoints/step-XXXXXXXX.pt`` (the newest only): model, optimizer, s
 generator's state and the host / CUDA RNG states (dropout, the detectors' proposal sampling), so rerunning the
 same command resumes where the last checkpoint left off and ends bit-identical to an uninterrupted run.
 
+Several processes (``./launch.sh transfer ...``, torch.distributed initialised by
+:func:`selfsup.transfer.common.resolve_device`): every process draws the same global pick from the same generator
+and takes its own contiguous slice of it (``train.batch_size`` stays the global batch and must divide by the
+process count); the gradients are averaged over processes after each backward (one flat all-reduce), so the step
+is the one process's step on the global batch whenever each process's loss normaliser is the same (e.g. a
+segmentation share without ignored pixels: cross-entropy is a mean over each share's labelled pixels). Rank 0 alone
+writes checkpoints (holding every rank's RNG state) and prints; all ranks resume from rank 0's checkpoint. Each
+rank's own RNG (dropout, proposal sampling) is seeded ``train.seed + rank`` after the model is built.
+
 A finished run (``OUT/metrics.json`` present) is refused before anything is read or trained, where an
 interrupted one is resumed; ``run.overwrite=true`` starts either over (discarding its checkpoints and metrics).
 A checkpoint written with other settings is refused (only ``run.*``, ``train.device`` and
@@ -25,9 +34,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from selfsup.core.distributed import (broadcast_module_state, broadcast_path, mean_over_processes, rank,
+                                      world_size)
 from selfsup.core.errors import CheckpointError, ConfigError
 from selfsup.core.progress import progress_bar
-from selfsup.engine.checkpoint import discard_after, latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from selfsup.engine.checkpoint import (discard_after, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                                      set_rng_state)
 from selfsup.transfer.config import TransferConfig
 
 __all__ = ["Fitted", "check_not_finished", "fit"]
@@ -66,6 +78,8 @@ def _settings(cfg: TransferConfig, task: str, encoder: str | Path) -> dict[str, 
 
 
 def _check_same_settings(path: Path, recorded: dict, mine: dict) -> None:
+    defaults = _settings(TransferConfig(), "", "")
+    recorded = {**{k: v for k, v in defaults.items() if k not in ("task", "encoder")}, **recorded}  # keys added later
     changes = [f"{k}={recorded.get(k)} -> {mine.get(k)}" for k in sorted(set(recorded) | set(mine))
                if not k.startswith(FREE_KEYS) and recorded.get(k) != mine.get(k)]
     if changes:
@@ -87,13 +101,26 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TransferConfig,
         train_mode: puts the model in training mode before each step (frozen norms stay in eval mode).
     """
     steps, directory = cfg.train.steps, out / "checkpoints"
+    world, me = world_size(), rank()
+    batch = min(cfg.train.batch_size, num_items)
+    if batch % world:
+        capped = "" if batch == cfg.train.batch_size else f", capped at the {num_items} training items"
+        raise ConfigError(f"train.batch_size={batch} (the global batch{capped}) does not divide by the {world} "
+                          f"processes: choose a multiple of {world}")
+    share = slice(me * batch // world, (me + 1) * batch // world)  # this process's contiguous slice of each pick
     gen = torch.Generator().manual_seed(cfg.train.seed)
     settings = _settings(cfg, task, encoder)
     start, elapsed, losses, resumed = 0, 0.0, {}, None
-    if cfg.run.overwrite:  # start over: what an earlier attempt or a finished run left goes
+    if world > 1:
+        broadcast_module_state(model)  # every rank starts from rank 0's weights
+        torch.manual_seed(cfg.train.seed + me)  # each rank its own dropout masks / proposal samples
+    if cfg.run.overwrite and me == 0:  # start over: what an earlier attempt or a finished run left goes
         (out / "metrics.json").unlink(missing_ok=True)
         discard_after(directory, -1)
-    found = latest_checkpoint(directory)
+    found = latest_checkpoint(directory) if me == 0 else None
+    if world > 1:  # every rank resumes from the checkpoint rank 0 found (None: a fresh start for all)
+        path = broadcast_path(found[0] if found else None)
+        found = (path, found[1] if me == 0 else load_checkpoint(path)) if path else None
     if found:
         path, state = found
         _check_same_settings(path, state.get("meta", {}).get("settings", {}), settings)
@@ -101,35 +128,74 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TransferConfig,
         optimizer.load_state_dict(state["optimizer"])
         optimizer.scheduler.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks", [])
+        set_rng_state(ranks[me] if len(ranks) == world else state["rng"])
         start = resumed = int(state["step"])
         elapsed, losses = float(state.get("elapsed_s", 0.0)), dict(state.get("losses", {}))
-        print(f"resumed from {path} at step {start}", file=sys.stderr)
+        if me == 0:
+            print(f"resumed from {path} at step {start}", file=sys.stderr)
     began = time.monotonic()
 
     def save(step: int) -> None:
+        rngs = _every_rank(rng_state()) if world > 1 else None  # a collective: every rank takes part
+        if me != 0:
+            return
         state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": optimizer.scheduler.state_dict(), "generator": gen.get_state(), "rng": rng_state(),
                  "losses": losses, "elapsed_s": elapsed + time.monotonic() - began, "meta": {"settings": settings}}
+        if rngs is not None:
+            state["rng_ranks"] = rngs
         save_checkpoint(directory, step, state, keep=1)
 
-    bar = progress_bar(total=steps, initial=start, desc=task, unit="step")
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
+    bar = progress_bar(total=steps, initial=start, desc=task, unit="step", disable=me != 0)
     for step in range(start, steps):
         train_mode()
-        pick = torch.randint(num_items, (min(cfg.train.batch_size, num_items),), generator=gen)
-        named = losses_of(pick.tolist())
+        pick = torch.randint(num_items, (batch,), generator=gen)
+        named = losses_of(pick[share].tolist())
         loss = sum(named.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            _average_gradients(trained)
         optimizer.step()
         optimizer.scheduler.step()
         bar.update(1)
         done = step + 1
         every = cfg.train.checkpoint_every
         if (every and done % every == 0) or done == steps:
-            losses = {k: float(v.detach()) for k, v in named.items()}  # a host sync only when saving
+            losses = mean_over_processes({k: float(v.detach()) for k, v in named.items()})  # synced when saving
             save(done)
         if step % 10 == 0 or done == steps:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
     return Fitted(losses, round(elapsed + time.monotonic() - began, 2), resumed)
+
+
+def _every_rank(obj: object) -> list:
+    """``obj`` of every rank, in rank order (pickled through torch.distributed)."""
+    parts: list = [None] * world_size()
+    torch.distributed.all_gather_object(parts, obj)
+    return parts
+
+
+@torch.no_grad()
+def _average_gradients(params: list[nn.Parameter]) -> None:
+    """Each gradient := its mean over processes, in one all-reduce of a flat buffer, as DistributedDataParallel
+    averages them; done after the backward, so the tasks call their modules as they are (no wrapper, and a
+    detector's layers that a step leaves unused need no ``find_unused_parameters``). A parameter no loss
+    reached on some rank counts as zero there; one no rank reached keeps ``grad=None`` (AdamW skips it, as in
+    one process). The buffer's last ``len(params)`` entries count the ranks that had a gradient."""
+    if not params:
+        return
+    had = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+                     + [had.to(params[0].dtype)])
+    torch.distributed.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for p, reached in zip(params, flat[-len(params):].tolist()):
+        mean = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+        if reached > 0:
+            p.grad = mean.clone() if p.grad is None else p.grad.copy_(mean)

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation.fcn import FCNHead
 
+from selfsup.core.distributed import rank
 from selfsup.core.errors import DataError
 from selfsup.transfer.coco import load_voc
 from selfsup.transfer.common import (apply_regime, keep_frozen_norms, make_optimizer, open_maps, output_dir,
-                                     resolve_device, write_config, write_json)
+                                     resolve_device, synchronise_norms, write_config, write_json)
 from selfsup.transfer.config import TransferConfig, parse_transfer_config
 from selfsup.transfer.features import FeatureMaps
 from selfsup.transfer.loop import check_not_finished, fit
@@ -88,11 +89,12 @@ def evaluate(model: Segmenter, images: Tensor, masks: Tensor, num_classes: int, 
     return segmentation_scores(conf)
 
 
-def run_segmentation(encoder: str | Path, overrides: list[str] | TransferConfig) -> dict:
+def run_segmentation(encoder: str | Path, overrides: list[str] | TransferConfig) -> dict | None:
     """``selfsup transfer segmentation ENCODER key=value ...``: train the head (and the encoder, per regime) for
     ``train.steps`` steps on ``data.root``'s train split (resuming an interrupted run, refusing a finished one:
     :mod:`selfsup.transfer.loop`), evaluate on val, write ``metrics.json`` and ``config.yaml`` into the output
-    folder; returns the metrics."""
+    folder; returns the metrics (on rank 0; the other processes of ``./launch.sh transfer`` train, then return
+    None)."""
     cfg = overrides if isinstance(overrides, TransferConfig) else parse_transfer_config(overrides)
     out = output_dir(cfg, f"segmentation-{cfg.model.head}", encoder)
     check_not_finished(out, cfg)
@@ -114,6 +116,7 @@ def run_segmentation(encoder: str | Path, overrides: list[str] | TransferConfig)
     torch.manual_seed(cfg.train.seed)
     model = Segmenter(maps, num_classes, cfg.model.head).to(device)
     backbone = apply_regime(maps, regime, cfg.model.train_stages)
+    model = synchronise_norms(model, maps.encoder, cfg.model.norm, device)  # several processes: SyncBN
     opt = make_optimizer(model.head.parameters(), backbone, cfg)
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
@@ -124,10 +127,12 @@ def run_segmentation(encoder: str | Path, overrides: list[str] | TransferConfig)
 
     def train_mode() -> None:
         model.train()
-        keep_frozen_norms(maps, regime)
+        keep_frozen_norms(maps, regime, cfg.model.norm)
 
     fitted = fit(model, opt, cfg, out, task="segmentation", encoder=encoder, num_items=len(train_x),
                  losses_of=losses_of, train_mode=train_mode)
+    if rank() != 0:  # rank 0 alone evaluates and writes
+        return None
     began = time.monotonic()
     scores = evaluate(model, val_x, val_y, num_classes, mean_t, std_t, device, max(cfg.train.batch_size, 16))
     result = {"task": "segmentation", "encoder": str(encoder), "init": cfg.model.init, "head": cfg.model.head,
