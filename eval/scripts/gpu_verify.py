@@ -47,15 +47,24 @@ two wheels, 19 MiB, the call stays under 64 MiB).
 ``eval/results/gpu-verify-h200-DATE.json`` with a dated note in ``eval/results/README.md``.
 
 CPU dry run (what CI runs, ``tests/eval_scripts/test_gpu_verify.py``): ``--dry-run`` or
-``DRY_RUN=1``: the same parts and code paths at tiny sizes on the CPU (batch 16, 16 px, one step
-per bench phase, ``torch.compile`` through dynamo's ``eager`` backend so no kernel is generated, a
-training run of 4 steps).
+``DRY_RUN=1``: the same parts and code paths at tiny sizes on the CPU, bf16 autocast included:
+batch 16 at 16 px (DINO: 2 local crops of 8 px), one step per bench phase, a training run of 4
+steps; the benches and the training run keep timm's ``resnet18`` with the small stem but at one
+block per stage and 1/8 width (``backbone.model_args``: ``layers=[1,1,1,1]``,
+``channels=[8,16,32,64]``, ``stem_width=8``; 84 k parameters instead of 11 M), since a CPU without
+bf16 kernels runs bf16 convolutions slowly and dynamo's tracing grows with the layer count;
+``torch.compile`` goes through dynamo's ``eager`` backend, so no kernel is generated;
+``lightly_simclr`` (LightlySSL's side is always torchvision's full ResNet-18) runs batch 4 at 8 px;
+``cuda_tests`` collects ``tests/evaluation/test_knn.py`` only (its GPU test is skipped on a CPU).
+Each part's entry also records ``cpu_s``, its processes' CPU time, steadier than ``wall_s`` on a
+shared machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -76,14 +85,21 @@ CAPS = {"env": 30, "cuda_tests": 90, "data": 60, "eager": 45, "compile": 120, "l
 GPU = dict(batch=512, image_size=32, synthetic_samples=50_000, folder_per_class=(700, 100),
            bench=["--steps", "20", "--warmup", "5", "--rounds", "3"],
            lightly=["--rounds", "3", "--steps", "10", "--warmup", "3"], workers=None,
-           method_overrides={}, overhead_s=40.0, max_train_steps=None, budget=450.0,
-           cuda_tests=["tests"], env={})
+           method_overrides={}, backbone=[], lightly_batch=None, lightly_overrides=[], overhead_s=40.0,
+           max_train_steps=None, budget=450.0, cuda_tests=["tests"], env={})
 DRY = dict(batch=16, image_size=16, synthetic_samples=64, folder_per_class=(4, 2),
            bench=["--steps", "1", "--warmup", "1", "--rounds", "1"],
            lightly=["--rounds", "1", "--steps", "1", "--warmup", "1", "--no-lightly-model-only"], workers=0,
            method_overrides={"dino": ["method.local_crop_size=8", "method.num_local_crops=2"]},
+           # the same timm ResNet-18 code path (small stem), one block per stage at 1/8 width: 84 k parameters
+           # instead of 11 M, so bf16 on a CPU without bf16 kernels and dynamo's tracing stay cheap
+           backbone=["backbone.model_args.layers=[1,1,1,1]", "backbone.model_args.channels=[8,16,32,64]",
+                     "backbone.model_args.stem_width=8"],
+           # LightlySSL's side keeps torchvision's full ResNet-18 (bf16 on this CPU: ~0.5 CPU s per image and
+           # view), so batch 4, cropped to 8 px (without data.image_size its transform crops to 32 px)
+           lightly_batch=4, lightly_overrides=["data.image_size=8"],
            overhead_s=15.0, max_train_steps=4, budget=1200.0, cap_scale=4.0,  # generous: a loaded CI machine
-           cuda_tests=["tests/evaluation/test_knn.py", "tests/data/test_augment.py"],
+           cuda_tests=["tests/evaluation/test_knn.py"],  # its GPU test is collected (and skipped) on a CPU
            env={"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:eager", "CUDA_VISIBLE_DEVICES": ""})
 
 
@@ -124,16 +140,16 @@ class Runner:
             return self.record(name, {"status": "skipped", "error": f"no time left ({self.left():.0f} s)",
                                       "wall_s": 0.0})
         full = ["timeout", "--kill-after=10", f"{limit:.0f}", *cmd]
-        start = time.monotonic()
+        start, cpu = time.monotonic(), _children_cpu_s()
         try:
             proc = subprocess.run(full, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
                                   text=True, timeout=limit + 30)
             output, rc = proc.stdout, proc.returncode
         except subprocess.TimeoutExpired as e:  # timeout(1) itself stuck: should not happen
             output, rc = (e.stdout or "") if isinstance(e.stdout, str) else "", 124
-        wall = round(time.monotonic() - start, 1)
+        wall, cpu = round(time.monotonic() - start, 1), round(_children_cpu_s() - cpu, 1)
         (self.work / "logs" / f"{name}.log").write_text(output)
-        entry: dict = {"status": "ok", "wall_s": wall, "timeout_s": round(limit), "returncode": rc,
+        entry: dict = {"status": "ok", "wall_s": wall, "cpu_s": cpu, "timeout_s": round(limit), "returncode": rc,
                        "command": " ".join(cmd)}
         if rc in (124, 137):
             entry.update(status="timeout", error=f"stopped after {limit:.0f} s: " + _tail(output))
@@ -146,6 +162,12 @@ class Runner:
                 entry.update(status="error" if entry["status"] == "ok" else entry["status"],
                              error=entry.get("error") or f"{type(e).__name__}: {e}: " + _tail(output))
         return self.record(name, entry)
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of the finished child processes (a part's own, on a shared machine)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _tail(text: str, lines: int = 6) -> str:
@@ -279,7 +301,7 @@ def run_parts(r: Runner, args, sizes: dict) -> None:
             r.record("data", {"status": "error", "wall_s": round(time.monotonic() - start, 1), "error": repr(e)})
 
     common = [*data_flags, f"trainer.batch_size={sizes['batch']}", "trainer.precision=bf16",
-              "backbone.name=resnet18", "backbone.small_stem=true"]
+              "backbone.name=resnet18", "backbone.small_stem=true", *sizes["backbone"]]
     for method in METHODS:
         for mode in ("eager", "compile"):
             cmd = [py, "-m", "selfsup", "bench", f"{method}-cifar10", *common,
@@ -290,8 +312,10 @@ def run_parts(r: Runner, args, sizes: dict) -> None:
     if env.get("lightly") or _has_lightly():
         workers = sizes["workers"] if sizes["workers"] is not None else max(1, min(14, (os.cpu_count() or 2) - 2))
         r.part("lightly_simclr", [py, str(SCRIPTS / "bench_lightly.py"), "--train", str(folder / "train"),
-                                  "--batch-size", str(sizes["batch"]), "--small-stem", "--workers", str(workers),
-                                  *sizes["lightly"], "trainer.precision=bf16"],
+                                  "--batch-size", str(sizes["lightly_batch"] or sizes["batch"]), "--small-stem",
+                                  "--workers", str(workers),
+                                  *sizes["lightly"], "trainer.precision=bf16", *sizes["backbone"],
+                                  *sizes["lightly_overrides"]],
                CAPS["lightly"] * sizes.get("cap_scale", 1.0), last_json)
     else:
         r.record("lightly_simclr", {"status": "skipped", "wall_s": 0.0,

@@ -36,6 +36,7 @@ def test_dry_run_reports_every_part_with_numbers(tmp_path):
     assert report["dry_run"] is True and _number(report["total_wall_s"])
     for name, part in parts.items():
         assert _number(part["wall_s"]), name
+        assert "command" not in part or _number(part["cpu_s"]), name  # every subprocess part: its CPU seconds
         if name == "lightly_simclr" and not lightly:
             assert part["status"] == "skipped" and "lightly" in part["error"]
             continue
