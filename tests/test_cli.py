@@ -52,7 +52,8 @@ def test_train_eval_export_on_cifar_jpeg_slice(cifar_slice, tmp_path):
     data = [f"data.name=imagefolder", f"data.train={cifar_slice / 'train'}", f"data.val={cifar_slice / 'test'}",
             f"data.cache_dir={tmp_path / 'cache'}"]
     selfsup("train", "recipes/simclr-cifar10.yaml", *data, "backbone.name=test_resnet", "method.proj_hidden_dim=64",
-            "trainer.batch_size=40", "trainer.epochs=2", "trainer.log_every=1", f"run.dir={run}", "eval.linear=false")
+            "trainer.batch_size=40", "trainer.epochs=2", "trainer.log_every=1", f"run.dir={run}", "eval.linear=false",
+            "run.plots=false", "run.tensorboard=false")  # nothing below reads them (tests/evaluation/test_plots.py does)
     evaluated = json.loads((run / "eval.json").read_text())
     assert 0.0 <= evaluated["knn_k20"]["top1"] <= 1.0 and "knn_k120" in evaluated  # k=200 > 120 images: k=120
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 6  # 120 images // 40 x 2 epochs

@@ -46,11 +46,19 @@ def default_job(workdir: Path, nproc: int, *overrides: str) -> tuple[Path, str]:
     return run_dir, done.stdout + done.stderr
 
 
+# What the runs skip, none of which touches the training (the weights, hence kNN, are those of the job measured
+# above): the linear probes, which nothing here reads (~6 s of CPU per encoder, 4 encoders); in the 1-process run,
+# the reference, also its plots, TensorBoard files and online monitor (which never changes the weights:
+# tests/engine/test_monitor.py). The 2-process run keeps them: it is the run whose files are checked.
+NOT_READ = ["eval.linear=false"]
+REFERENCE_ONLY = ["run.plots=false", "run.tensorboard=false", "eval.online=false"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("launch")
-    one = default_job(root / "one", 1)
-    two = default_job(root / "two", 2, "eval.random_baseline=false")
+    one = default_job(root / "one", 1, *NOT_READ, *REFERENCE_ONLY)
+    two = default_job(root / "two", 2, "eval.random_baseline=false", *NOT_READ)
     return one, two
 
 

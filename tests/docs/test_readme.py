@@ -15,7 +15,8 @@ commands leave behind, made once for the module (2 steps each): ``runs/simclr-di
 - ``selfsup eval|plot|list``: as written, in this process (``EVAL_TINY`` bounds fine-tuning).
 - ``selfsup export RUN --out DIR``: ``DIR`` becomes a fresh folder.
 - ``selfsup benchmark SUITE``: a copy of the suite whose protocol's data paths point at the tiny
-  data, one seed, ``TINY`` for every training, runs and table in a fresh folder.
+  data, one seed, ``TINY`` for every training (and ``DIGITS``' subset where the protocol reads the digits),
+  runs and table in a fresh folder.
 - ``python -m selfsup ...``: as ``selfsup ...``, in a subprocess (the module entry point).
 - ``./launch.sh``: the bare default job runs for real with ``TINY`` (``python -m selfsup train`` in
   a subprocess). Every other line runs with ``DRY_RUN=1`` (launch.sh prints the command it would
@@ -201,7 +202,9 @@ def selfsup_args(tokens: list[str], root: Path) -> list[str]:
         return [*debug, "export", ns.run, "--out", str(fresh(root, "exported/out-")), "--format", ns.format]
     if ns.command == "benchmark":
         suite = tiny_suite(ns.suite, root)
-        return [*debug, "benchmark", str(suite), *overrides, *TINY, *cache(root), "--seeds", "0",
+        proto = yaml.safe_load((suite.parent / "protocol.yaml").read_text())
+        subset = DIGITS if proto.get("data", {}).get("name") == "digits" else []  # as `train` gets for the digits
+        return [*debug, "benchmark", str(suite), *overrides, *subset, *TINY, *cache(root), "--seeds", "0",
                 "--runs-root", str(suite.parent / "runs"), "--out", str(suite.parent / "table.md")]
     if ns.command == "data" and ns.data_command == "scenes":  # the README's folder, 12 + 3 scenes of 32 px (seed 0:
         # every digit occurs in train; detection refuses a category without annotations)
