@@ -21,21 +21,25 @@ from selfsup.transfer.config import TransferConfig
 from selfsup.transfer.features import FeatureMaps, feature_maps
 
 __all__ = ["open_maps", "apply_regime", "keep_frozen_norms", "synchronise_norms", "make_optimizer", "output_dir",
-           "write_json", "resolve_device", "regime_of"]
+           "write_json", "join_processes", "resolve_device", "regime_of"]
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)  # every BN, selfsup's SyncBatchNorm too
 
 
-def resolve_device(name: str) -> torch.device:
-    """This process's device for ``train.device``. Started by a launcher (``./launch.sh transfer``: torchrun's
-    ``WORLD_SIZE`` > 1), it first joins the launcher's process group through Accelerate, as ``selfsup train``
-    does (NCCL and this process's own GPU, or gloo on the CPU); one process never touches torch.distributed."""
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but no GPU is available")
+def join_processes(name: str) -> None:
+    """Started by a launcher (``./launch.sh transfer``: torchrun's ``WORLD_SIZE`` > 1), join its process group
+    through Accelerate, as ``selfsup train`` does (NCCL and this process's own GPU, or gloo on the CPU for
+    ``train.device`` ``name`` = cpu or without CUDA). One process never touches torch.distributed."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         from accelerate import PartialState
 
         PartialState(cpu=name == "cpu" or not torch.cuda.is_available())  # cpu: gloo (Accelerate's MULTI_CPU)
+
+
+def resolve_device(name: str) -> torch.device:
+    """This process's device for ``train.device`` (after :func:`join_processes`: the local rank's GPU)."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no GPU is available")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and world_size() > 1:

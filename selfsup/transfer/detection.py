@@ -23,7 +23,7 @@ from selfsup.core.distributed import rank
 from selfsup.core.errors import DataError
 from selfsup.transfer.coco import CocoSplit, coco_evaluate, load_coco
 from selfsup.transfer.common import (apply_regime, keep_frozen_norms, make_optimizer, open_maps, output_dir,
-                                     resolve_device, synchronise_norms, write_config, write_json)
+                                     join_processes, resolve_device, synchronise_norms, write_config, write_json)
 from selfsup.transfer.config import TransferConfig, parse_transfer_config
 from selfsup.transfer.detectors import MASK_DETECTORS, build_detector
 from selfsup.transfer.loop import check_not_finished, fit
@@ -108,6 +108,7 @@ def run_detection(encoder: str | Path, overrides: list[str] | TransferConfig) ->
     masks = kind in MASK_DETECTORS
     if masks and not train.has_masks:
         raise DataError(f"model.detector={kind} but {train_json} has no masks")
+    join_processes(cfg.train.device)
     device = resolve_device(cfg.train.device)
     maps, mean, std = open_maps(encoder, cfg)
     first = train.coco.imgs[train.image_ids[0]]

@@ -8,7 +8,7 @@ generator's state and the host / CUDA RNG states (dropout, the detectors' propos
 same command resumes where the last checkpoint left off and ends bit-identical to an uninterrupted run.
 
 Several processes (``./launch.sh transfer ...``, torch.distributed initialised by
-:func:`selfsup.transfer.common.resolve_device`): every process draws the same global pick from the same generator
+:func:`selfsup.transfer.common.join_processes`): every process draws the same global pick from the same generator
 and takes its own contiguous slice of it (``train.batch_size`` stays the global batch and must divide by the
 process count); the gradients are averaged over processes after each backward (one flat all-reduce), so the step
 is the one process's step on the global batch whenever each process's loss normaliser is the same (e.g. a

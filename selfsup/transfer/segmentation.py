@@ -25,7 +25,7 @@ from selfsup.core.distributed import rank
 from selfsup.core.errors import DataError
 from selfsup.transfer.coco import load_voc
 from selfsup.transfer.common import (apply_regime, keep_frozen_norms, make_optimizer, open_maps, output_dir,
-                                     resolve_device, synchronise_norms, write_config, write_json)
+                                     join_processes, resolve_device, synchronise_norms, write_config, write_json)
 from selfsup.transfer.config import TransferConfig, parse_transfer_config
 from selfsup.transfer.features import FeatureMaps
 from selfsup.transfer.loop import check_not_finished, fit
@@ -101,6 +101,7 @@ def run_segmentation(encoder: str | Path, overrides: list[str] | TransferConfig)
     if not cfg.data.root:
         raise DataError("transfer segmentation needs data.root=DIR (VOC layout: JPEGImages, SegmentationClass, "
                         "ImageSets/Segmentation/{train,val}.txt)")
+    join_processes(cfg.train.device)
     device = resolve_device(cfg.train.device)
     train_x, train_y = load_voc(cfg.data.root, "train", cfg.data.size)
     val_x, val_y = load_voc(cfg.data.root, "val", cfg.data.size)
