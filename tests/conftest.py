@@ -1,8 +1,37 @@
 """Shared tiny fixtures. Plain helpers (TINY, tiny_net, join_ranks, ...) are in tests/support/."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Session fixtures that start a process group: every test using one runs on the same pytest-xdist worker
+# (``--dist loadgroup``), so each group starts once per suite, not once per worker.
+GROUPED_FIXTURES = ("two_and_one", "eval_ranks")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per core this process may use, at most 4 (each worker
+    imports torch; tests that start process groups or trainings gain nothing from more)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, split the cores between the workers (torch's intra-op threads): N workers with
+    all cores each oversubscribe the CPU, and OpenMP's barriers spin (see ``one_thread``)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // workers))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in GROUPED_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
 
 
 @pytest.fixture(scope="module")

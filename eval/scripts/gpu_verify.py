@@ -279,7 +279,7 @@ def run_parts(r: Runner, args, sizes: dict) -> None:
     r.report["commit"] = git.stdout.strip() or None
 
     xml = r.work / "cuda-tests.xml"
-    r.part("cuda_tests", [py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+    r.part("cuda_tests", [py, "-m", "pytest", "-m", "cuda", "-q", "-n", "0", "-p", "no:cacheprovider",
                           "--continue-on-collection-errors", f"--junitxml={xml}",
                           *sizes["cuda_tests"]], CAPS["cuda_tests"] * sizes.get("cap_scale", 1.0), lambda _: junit_counts(xml))
 
