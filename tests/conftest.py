@@ -6,6 +6,8 @@ import os
 import pytest
 import torch
 
+from selfsup.core.threads import available_cores
+
 # Session fixtures that start a process group: every test using one runs on the same pytest-xdist worker
 # (``--dist loadgroup``), so each group starts once per suite, not once per worker.
 GROUPED_FIXTURES = ("two_and_one", "eval_ranks")
@@ -14,7 +16,7 @@ GROUPED_FIXTURES = ("two_and_one", "eval_ranks")
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pyproject's addopts): one worker per core this process may use, at most 4 (each worker
     imports torch; tests that start process groups or trainings gain nothing from more)."""
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return max(1, min(4, available_cores()))
 
 
 def pytest_configure(config):
@@ -22,8 +24,7 @@ def pytest_configure(config):
     all cores each oversubscribe the CPU, and OpenMP's barriers spin (see ``one_thread``)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // workers))
+        torch.set_num_threads(max(1, available_cores() // workers))
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
