@@ -27,12 +27,32 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, available_cores() // workers))
 
 
+def shares_a_module_fixture(item) -> bool:
+    """Whether the test uses a module-scoped fixture (other than ``one_thread``): such a module's tests share
+    what the fixture built (a trained run, the README's work folder, whose commands run in order), so they
+    run on one worker, in order, and the fixture is built once rather than once per worker."""
+    defs = getattr(item, "_fixtureinfo", None)
+    defs = defs.name2fixturedefs if defs is not None else {}
+    return any(name != "one_thread" and fixturedefs[-1].scope == "module" for name, fixturedefs in defs.items())
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
+    """Pin tests to workers (see GROUPED_FIXTURES, shares_a_module_fixture), then move the modules of the
+    long poles (distributed tests: process groups, two-process launches) to the front, whole, so that under
+    ``--dist loadgroup`` they start first and the rest of the suite runs beside them."""
     for item in items:
         for name in GROUPED_FIXTURES:
             if name in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(name))
+        if shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    rank: dict[str, int] = {}
+    for item in items:  # 0: a slow distributed test (two-process trainings), 1: a distributed test, 2: the rest
+        here = 2 - bool(item.get_closest_marker("distributed")) * (1 + bool(item.get_closest_marker("slow")))
+        module = item.nodeid.split("::")[0]
+        rank[module] = min(rank.get(module, 2), here)
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])  # stable: modules stay whole and in order
 
 
 @pytest.fixture(scope="module")
