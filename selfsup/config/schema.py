@@ -98,6 +98,9 @@ class BackboneConfig:
     # keyword arguments of the backbone, e.g. {img_size: 32, patch_size: 4} (ViT) or {hidden_size: 128}
     # (RNN); backbone.model_args.KEY=value sets one
     model_args: dict = field(default_factory=dict)
+    # the random init to train from: timm's own (e.g. a ResNet's zeroed last BN per block, a ViT's std-0.02
+    # linears) or torch_default (PyTorch's reset_parameters() on every module: BN weight 1, Kaiming-uniform)
+    init: Literal["timm", "torch_default"] = "timm"
     # start from trained weights: an exported encoder, a run directory (its encoder/, else its newest checkpoint)
     # or a checkpoint file; training records the file it read here (selfsup.engine.init_from)
     init_from: str | None = None

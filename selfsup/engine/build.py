@@ -19,11 +19,13 @@ from selfsup.models.backbones import (
     create_backbone,
     default_model_args,
     is_sequence_backbone,
+    reset_to_torch_defaults,
 )
 
 
 def build_method(cfg: Config, data: Split, *, init_weights: bool = True) -> Method:
-    """The method around a freshly initialised backbone (initialisation seeded by ``trainer.seed``).
+    """The method around a freshly initialised backbone (initialisation seeded by ``trainer.seed``): timm's
+    init, or PyTorch's ``reset_parameters()`` on every module with ``backbone.init=torch_default``.
 
     With ``backbone.init_from`` (and ``init_weights``) the backbone then takes those weights, before the
     method copies it (EMA teachers start from them too); the file read and its sha256 are written into
@@ -34,11 +36,16 @@ def build_method(cfg: Config, data: Split, *, init_weights: bool = True) -> Meth
     if METHODS.get(cfg.method.name).uses_labels and not data.classes:
         raise DataError(f"method.name={cfg.method.name} trains on labels, but the training data are unlabelled "
                         "(an image folder without class sub-folders): give <class>/<image> folders")
+    if cfg.backbone.init == "torch_default" and cfg.backbone.pretrained:
+        raise ConfigError("backbone.init=torch_default re-initialises the weights backbone.pretrained=true loads; "
+                          "use one of them")
     torch.manual_seed(cfg.trainer.seed)
     channels, size = data.shape[0], data.shape[-1]
     model_args = {**default_model_args(cfg.backbone.name, tuple(data.shape[-2:])), **cfg.backbone.model_args}
     backbone = create_backbone(cfg.backbone.name, small_stem=cfg.backbone.small_stem,
                                pretrained=cfg.backbone.pretrained, in_chans=channels, **model_args)
+    if cfg.backbone.init == "torch_default":
+        reset_to_torch_defaults(backbone)  # still seeded by trainer.seed
     if init_weights and cfg.backbone.init_from:
         cfg.backbone.init_from, cfg.backbone.init_sha256 = load_init_weights(backbone, cfg.backbone)
     return create_method(cfg.method, backbone, image_size=size, num_classes=len(data.classes))

@@ -21,6 +21,7 @@ from selfsup.runs.curves import plot_run, plots_available
 # as the config builds it: a timm ResNet zeroes the last BN of every block unless
 # ``backbone.model_args.zero_init_last=false`` (then both inits have BN weights 1 and differ in the convolutions).
 RANDOM_BASELINES = {
+    # With backbone.init=torch_default the run (and this "as configured" copy) starts from PyTorch's init too.
     "timm_init": ("eval_random_init.json", "random init (timm's own, as configured)"),
     "torch_default_init": ("eval_random_init_torch_default.json",
                            "random init (PyTorch's reset_parameters(): BN weight 1)"),
