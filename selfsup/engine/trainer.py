@@ -233,7 +233,10 @@ class Trainer:
                 window.add(self.train_step(self.step))
                 self.step += 1
                 bar.update(1)
-                last = self.step == self.end_step or self._stop_signal is not None
+                # Read the signal flag once per step: a signal that lands while this step logs (after the
+                # checkpoint decision) must not stop the run without its checkpoint; it stops the next step.
+                stop = self._stop_signal
+                last = self.step == self.end_step or stop is not None
                 knn = self.monitor is not None and self.monitor.knn_due(self.step)
                 if self.step % tc.log_every == 0 or last or knn:
                     self._check_finite()
@@ -245,9 +248,9 @@ class Trainer:
                 if self.step % tc.checkpoint_every == 0 or last:
                     self._check_finite()  # a checkpoint never holds the weights of a non-finite step
                     self.save()
-                if self._stop_signal is not None:
-                    raise TrainingInterrupted(f"stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; "
-                                              f"checkpoint saved, rerun the same command to resume", self._stop_signal)
+                if stop is not None:
+                    raise TrainingInterrupted(f"stopped by {signal.Signals(stop).name} at step {self.step}; "
+                                              f"checkpoint saved, rerun the same command to resume", stop)
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         """One whole training step: this process's batch of ``step``, its views, the optimizer step

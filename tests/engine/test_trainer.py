@@ -68,6 +68,29 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
     assert len(saved) == 1 and load_checkpoint(saved[0])["step"] == read_metrics(tmp_path)[-1]["step"]
 
 
+def test_a_signal_that_lands_while_a_step_logs_still_leaves_a_checkpoint(tmp_path, monkeypatch):
+    """The signal flag is read once per step: a SIGTERM arriving while a step writes its metrics row (after the
+    checkpoint decision) stops the run one step later, with that step's checkpoint, never without one."""
+    import signal
+
+    from selfsup.core.errors import TrainingInterrupted
+    from selfsup.engine.trainer import Trainer
+
+    original = Trainer._log_row
+
+    def log_then_signal(self, *args, **kwargs):
+        row = original(self, *args, **kwargs)
+        if self._stop_signal is None and self.step == 3:
+            self._on_signal(signal.SIGTERM, None)  # what the handler does when the signal lands here
+        return row
+
+    monkeypatch.setattr(Trainer, "_log_row", log_then_signal)
+    with pytest.raises(TrainingInterrupted, match="at step 4; checkpoint saved"):
+        train(tiny_config(tmp_path, "trainer.epochs=50", "trainer.checkpoint_every=100000", "run.plots=false"))
+    saved = list_checkpoints(tmp_path / "checkpoints")
+    assert [load_checkpoint(p)["step"] for p in saved] == [4] == [read_metrics(tmp_path)[-1]["step"]]
+
+
 # ----------------------------------------------------------------------------- 2 processes
 
 
